@@ -1,0 +1,95 @@
+"""The exporter's HTTP endpoints: metrics, landing page, health and readiness."""
+
+from __future__ import annotations
+
+import html
+import time
+
+from exporter import __version__
+from exporter.render import negotiate
+from exporter.server import Request, Response
+from exporter.snapshot import Store
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether Accept-Encoding allows gzip (a ``q=0`` refuses it)."""
+    for item in (header or "").split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().removeprefix("q=").strip()
+            try:
+                return not quality or float(quality) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+class ExporterApp:
+    """Routes requests; a scrape only joins bytes the poller already rendered."""
+
+    def __init__(self, store: Store, telemetry_path: str = "/metrics") -> None:
+        self.store = store
+        self.telemetry_path = telemetry_path
+
+    async def __call__(self, request: Request) -> Response:
+        """Answer one request."""
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"method not allowed\n", headers=[("Allow", "GET, HEAD")])
+        if request.path == self.telemetry_path:
+            return self.metrics(request)
+        if request.path == "/":
+            return self.landing()
+        if request.path == "/-/healthy":
+            return Response(200, b"Healthy.\n")
+        if request.path == "/-/ready":
+            if self.store.ready:
+                return Response(200, b"Ready.\n")
+            return Response(503, b"Not ready: some connections have not been polled yet.\n")
+        return Response(404, b"not found\n")
+
+    def metrics(self, request: Request) -> Response:
+        """The exposition in the negotiated format, gzipped when the scraper allows."""
+        fmt = negotiate(request.headers.get("accept"))
+        tail = fmt.process_metrics()
+        headers = [("Vary", "Accept, Accept-Encoding")]
+        if accepts_gzip(request.headers.get("accept-encoding")):
+            prefix, compressor = self.store.gzip_prefix(fmt)
+            finish = compressor.copy()
+            headers.append(("Content-Encoding", "gzip"))
+            return Response(200, (prefix, finish.compress(tail) + finish.flush()),
+                            fmt.content_type, headers)
+        return Response(200, (self.store.body(fmt), tail), fmt.content_type, headers)
+
+    def landing(self) -> Response:
+        """A page with the version, the metrics link and every connection's state."""
+        rows = []
+        for state in self.store.states.values():
+            name = state.data.name if state.data and state.data.name else ""
+            databases = str(len(state.data.databases)) if state.data else ""
+            status = ("up" if state.up else "down") if state.polled else "not polled yet"
+            rows.append(
+                "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in (
+                    state.id, name, status, databases, _when(state.last_success),
+                    state.last_failure_reason or "")) + "</tr>")
+        path = html.escape(self.telemetry_path)
+        page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ReflexDB Exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
+<body><h1>ReflexDB Exporter</h1>
+<p>Version {html.escape(__version__)}. Metrics: <a href="{path}">{path}</a>.
+Health: <a href="/-/healthy">/-/healthy</a>, readiness: <a href="/-/ready">/-/ready</a>.</p>
+<p>Metrics come from the latest background poll of each connection, not from the API at
+scrape time.</p>
+<table><thead><tr><th>Connection</th><th>Name</th><th>State</th><th>Databases</th>
+<th>Last success</th><th>Last failure reason</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
+</body></html>
+"""
+        return Response(200, page.encode(), "text/html; charset=utf-8")

@@ -1,0 +1,333 @@
+"""The metric contract: one declarative list drives rendering, HELP/TYPE headers and the docs."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from exporter import __version__
+from exporter.models import (
+    HEALTH_STATUSES,
+    INSTANCE_SIZES,
+    STATUSES,
+    SYNC_MODES,
+    Connection,
+    Database,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Sample = tuple[tuple[str, ...], float]
+Scope = Literal["exporter", "connection", "database"]
+
+IDENTITY_LABELS: dict[Scope, tuple[str, ...]] = {
+    "exporter": (),
+    "connection": ("connection_id",),
+    "database": ("connection_id", "database_id", "database_name"),
+}
+FAILURE_REASONS = ("timeout", "connect_error", "unauthorized", "forbidden", "not_found",
+                   "rate_limited", "server_error", "client_error", "invalid_response")
+CACHE_NOTE = " Served from the exporter's cache of the latest poll, not fetched at scrape time."
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterView:
+    """What the exporter-level metrics read."""
+
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionView:
+    """What the connection-level metrics read: poll bookkeeping and the last good answer."""
+
+    up: bool
+    data: Connection | None
+    polls: int
+    failures: Mapping[str, int]
+    last_success: float | None
+    last_failure: float | None
+    poll_duration: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseView:
+    """What the database-level metrics read: one record and what the exporter saw of it."""
+
+    db: Database
+    status_since: float | None
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec(Generic[T]):
+    """One metric family: name, type, help, extra labels and how to read its samples."""
+
+    name: str
+    kind: Literal["gauge", "counter"]
+    help: str
+    scope: Scope
+    labels: tuple[str, ...]
+    samples: Callable[[T], Iterable[Sample]] = field(repr=False)
+
+    @property
+    def all_labels(self) -> tuple[str, ...]:
+        """Identity labels first, then the family's own."""
+        return IDENTITY_LABELS[self.scope] + self.labels
+
+
+_unlisted_seen: set[tuple[str, str]] = set()
+
+
+def _note_unlisted(metric: str, value: str) -> None:
+    """Log the first sighting of an enum value the API reference does not list."""
+    if (metric, value) not in _unlisted_seen:
+        _unlisted_seen.add((metric, value))
+        log.warning("API sent a value the reference does not list; exporting it as-is",
+                    extra={"metric": metric, "value": value})
+
+
+def value(read: Callable[[T], float | bool | None]) -> Callable[[T], Iterable[Sample]]:
+    """One unlabelled sample, left out when the value is missing."""
+
+    def samples(obj: T) -> Iterable[Sample]:
+        number = read(obj)
+        return () if number is None else (((), float(number)),)
+
+    return samples
+
+
+def state_set(
+    metric: str,
+    states: tuple[str, ...],
+    read: Callable[[T], str | None],
+    unknown: str | None = None,
+) -> Callable[[T], Iterable[Sample]]:
+    """Every listed state as 0/1, plus one series for a value outside the list.
+
+    A missing value sets ``unknown`` when the family has such a state, else leaves it out.
+    """
+
+    def samples(obj: T) -> Iterable[Sample]:
+        current = read(obj)
+        if current is None:
+            if unknown is None:
+                return ()
+            current = unknown
+        out = [((state,), 1.0 if state == current else 0.0) for state in states]
+        if current not in states:
+            _note_unlisted(metric, current)
+            out.append(((current,), 1.0))
+        return out
+
+    return samples
+
+
+def info(*reads: Callable[[T], object]) -> Callable[[T], Iterable[Sample]]:
+    """A single sample of value 1 whose labels carry text; missing text is the empty string."""
+
+    def samples(obj: T) -> Iterable[Sample]:
+        return ((_info_labels(read(obj) for read in reads), 1.0),)
+
+    return samples
+
+
+def _info_labels(values: Iterable[object]) -> tuple[str, ...]:
+    """Label text for info values: None becomes "", whole floats lose their ".0"."""
+    return tuple(
+        "" if v is None else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+        for v in values
+    )
+
+
+def _connection_samples(read: Callable[[Connection], float | None]) -> Callable[
+        [ConnectionView], Iterable[Sample]]:
+    """One sample from the last good answer, absent before the first success."""
+    return value(lambda v: None if v.data is None else read(v.data))
+
+
+def _sync_modes_allowed(view: ConnectionView) -> Iterable[Sample]:
+    if view.data is None or view.data.allowed_sync_modes is None:
+        return ()
+    allowed = view.data.allowed_sync_modes
+    out = [((mode,), 1.0 if mode in allowed else 0.0) for mode in SYNC_MODES]
+    for mode in allowed:
+        if mode not in SYNC_MODES:
+            _note_unlisted("reflexdb_connection_sync_mode_allowed", mode)
+            out.append(((mode,), 1.0))
+    return out
+
+
+def _connection_info(view: ConnectionView) -> Iterable[Sample]:
+    if view.data is None:
+        return ()
+    d = view.data
+    return ((_info_labels((d.name, d.customer_id, d.backend, d.host, d.port)), 1.0),)
+
+
+def _tags(view: DatabaseView) -> Iterable[Sample]:
+    return [((tag.label, tag.color), 1.0) for tag in view.db.tags]
+
+
+def _pause_window(view: DatabaseView) -> float | None:
+    schedule = view.db.pause_schedule
+    if schedule is None:
+        return 0.0
+    active = schedule.active(view.now)
+    return None if active is None else float(active)
+
+
+def _pause_schedule_info(view: DatabaseView) -> Iterable[Sample]:
+    schedule = view.db.pause_schedule
+    if schedule is None:
+        return ()
+    days = "" if schedule.days is None else ",".join(str(d) for d in schedule.days)
+    return (((schedule.pause_at, schedule.resume_at, days), 1.0),)
+
+
+def _desired_state(view: DatabaseView) -> Iterable[Sample]:
+    desired = view.db.desired_state
+    return () if desired is None else (((desired,), 1.0),)
+
+
+def _scaled(read: Callable[[Database], float | None], factor: float) -> Callable[
+        [DatabaseView], float | None]:
+    def scaled(view: DatabaseView) -> float | None:
+        number = read(view.db)
+        return None if number is None else number * factor
+
+    return scaled
+
+
+EXPORTER_METRICS: tuple[MetricSpec[ExporterView], ...] = (
+    MetricSpec("reflexdb_exporter_build_info", "gauge",
+               "Version of the exporter and of the Python that runs it; always 1.",
+               "exporter", ("version", "python_version"),
+               info(lambda _: __version__, lambda _: platform.python_version())),
+    MetricSpec("reflexdb_exporter_connections", "gauge",
+               "Connections this exporter is configured to poll.",
+               "exporter", (), value(lambda v: v.connections)),
+)
+
+CONNECTION_METRICS: tuple[MetricSpec[ConnectionView], ...] = (
+    MetricSpec("reflexdb_connection_up", "gauge",
+               "1 if the latest poll of the connection succeeded, else 0 (also 0 before the "
+               "first poll)." + CACHE_NOTE,
+               "connection", (), value(lambda v: v.up)),
+    MetricSpec("reflexdb_connection_info", "gauge",
+               "Connection details from the latest good answer; always 1.",
+               "connection", ("connection_name", "customer_id", "backend", "host", "port"),
+               _connection_info),
+    MetricSpec("reflexdb_connection_databases", "gauge",
+               "Databases in the latest good answer.",
+               "connection", (), _connection_samples(lambda c: len(c.databases))),
+    MetricSpec("reflexdb_connection_invalid_databases", "gauge",
+               "Database records skipped in the latest good answer (not an object, no id, "
+               "or a repeated id).",
+               "connection", (), _connection_samples(lambda c: c.invalid_databases)),
+    MetricSpec("reflexdb_connection_available_schemas", "gauge",
+               "Source schemas available to instances on the connection (availableSchemas).",
+               "connection", (), _connection_samples(lambda c: c.available_schemas)),
+    MetricSpec("reflexdb_connection_min_sync_interval_seconds", "gauge",
+               "Shortest sync interval instances on the connection may use.",
+               "connection", (), _connection_samples(lambda c: c.min_sync_interval)),
+    MetricSpec("reflexdb_connection_sync_mode_allowed", "gauge",
+               "1 if instances on the connection may use the sync mode, else 0.",
+               "connection", ("sync_mode",), _sync_modes_allowed),
+    MetricSpec("reflexdb_connection_last_success_timestamp_seconds", "gauge",
+               "Unix time of the latest successful poll of the connection.",
+               "connection", (), value(lambda v: v.last_success)),
+    MetricSpec("reflexdb_connection_last_failure_timestamp_seconds", "gauge",
+               "Unix time of the latest failed poll of the connection.",
+               "connection", (), value(lambda v: v.last_failure)),
+    MetricSpec("reflexdb_connection_poll_duration_seconds", "gauge",
+               "How long the latest poll of the connection took.",
+               "connection", (), value(lambda v: v.poll_duration)),
+    MetricSpec("reflexdb_connection_polls_total", "counter",
+               "Polls of the connection attempted.",
+               "connection", (), value(lambda v: v.polls)),
+    MetricSpec("reflexdb_connection_poll_failures_total", "counter",
+               "Failed polls of the connection, by reason.",
+               "connection", ("reason",),
+               lambda v: [((r,), float(v.failures.get(r, 0))) for r in FAILURE_REASONS]),
+)
+
+DATABASE_METRICS: tuple[MetricSpec[DatabaseView], ...] = (
+    MetricSpec("reflexdb_database_info", "gauge",
+               "Database details; always 1. Missing values are empty strings.",
+               "database", ("customer_id", "mysql_db", "region", "log_level", "endpoint_url",
+                            "custom_domain", "build_compute_override"),
+               info(lambda v: v.db.customer_id, lambda v: v.db.mysql_db, lambda v: v.db.region,
+                    lambda v: v.db.log_level, lambda v: v.db.endpoint_url,
+                    lambda v: v.db.custom_domain, lambda v: v.db.build_compute_override)),
+    MetricSpec("reflexdb_database_status", "gauge",
+               "Lifecycle status of the database: 1 for the current one, 0 for the others."
+               + CACHE_NOTE,
+               "database", ("status",),
+               state_set("reflexdb_database_status", STATUSES, lambda v: v.db.status)),
+    MetricSpec("reflexdb_database_health_status", "gauge",
+               "Health of the database: 1 for the current one, 0 for the others; unknown "
+               "when the API reports none.",
+               "database", ("health_status",),
+               state_set("reflexdb_database_health_status", (*HEALTH_STATUSES, "unknown"),
+                         lambda v: v.db.health_status, unknown="unknown")),
+    MetricSpec("reflexdb_database_instance_size", "gauge",
+               "Instance size of the database: 1 for the current one, 0 for the others.",
+               "database", ("instance_size",),
+               state_set("reflexdb_database_instance_size", INSTANCE_SIZES,
+                         lambda v: v.db.instance_size)),
+    MetricSpec("reflexdb_database_sync_mode", "gauge",
+               "Sync mode of the database: 1 for the current one, 0 for the others.",
+               "database", ("sync_mode",),
+               state_set("reflexdb_database_sync_mode", SYNC_MODES, lambda v: v.db.sync_mode)),
+    MetricSpec("reflexdb_database_sync_interval_seconds", "gauge",
+               "Sync interval of the database.",
+               "database", (), value(lambda v: v.db.sync_interval)),
+    MetricSpec("reflexdb_database_task_cpu_vcpus", "gauge",
+               "vCPUs of the database's task (the API's taskCpu / 1024).",
+               "database", (), value(_scaled(lambda d: d.task_cpu, 1 / 1024))),
+    MetricSpec("reflexdb_database_task_memory_bytes", "gauge",
+               "Memory of the database's task (the API's taskMemoryMb in MiB).",
+               "database", (), value(_scaled(lambda d: d.task_memory_mb, 1024 * 1024))),
+    MetricSpec("reflexdb_database_desired_state", "gauge",
+               "The state the reconciler is driving the database toward; 1 while one is set, "
+               "absent otherwise.",
+               "database", ("desired_state",), _desired_state),
+    MetricSpec("reflexdb_database_last_error_present", "gauge",
+               "1 if the API reports a last error for the database, else 0 (the text is "
+               "logged at debug level, never exported).",
+               "database", (), value(lambda v: v.db.last_error is not None)),
+    MetricSpec("reflexdb_database_created_timestamp_seconds", "gauge",
+               "Unix time the database was created (createdAt).",
+               "database", (), value(lambda v: v.db.created_at)),
+    MetricSpec("reflexdb_database_updated_timestamp_seconds", "gauge",
+               "Unix time the database was last updated (updatedAt).",
+               "database", (), value(lambda v: v.db.updated_at)),
+    MetricSpec("reflexdb_database_status_since_timestamp_seconds", "gauge",
+               "Unix time the current status began: updatedAt when the exporter first saw the "
+               "database, then the poll at which it saw the status change.",
+               "database", (), value(lambda v: v.status_since)),
+    MetricSpec("reflexdb_database_pause_schedule_configured", "gauge",
+               "1 if the database has a recurring pause schedule, else 0.",
+               "database", (), value(lambda v: v.db.pause_schedule is not None)),
+    MetricSpec("reflexdb_database_pause_window_active", "gauge",
+               "1 while the time of the latest poll (UTC) lies inside the database's pause "
+               "window, else 0; absent when the schedule cannot be read.",
+               "database", (), value(_pause_window)),
+    MetricSpec("reflexdb_database_pause_schedule_info", "gauge",
+               "The database's pause schedule: pause and resume time (HH:MM UTC) and the days "
+               "a window starts (0=Sunday; empty for every day); always 1.",
+               "database", ("pause_at", "resume_at", "days"), _pause_schedule_info),
+    MetricSpec("reflexdb_database_tag_info", "gauge",
+               "A tag on the database; always 1, one series per tag.",
+               "database", ("tag", "color"), _tags),
+)
+
+ALL_METRICS: tuple[MetricSpec[ExporterView] | MetricSpec[ConnectionView]
+                   | MetricSpec[DatabaseView], ...] = (
+    EXPORTER_METRICS + CONNECTION_METRICS + DATABASE_METRICS
+)

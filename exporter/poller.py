@@ -1,0 +1,92 @@
+"""Background polling: each connection on its own jittered schedule, a bounded number at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from exporter.client import ApiClient, PollFailure
+from exporter.snapshot import Store
+from exporter.tokens import TokenError, TokenSource
+
+log = logging.getLogger(__name__)
+
+# First polls are spread over this long (or the poll interval if shorter), so the exporter is
+# ready within seconds yet a large fleet does not hit the API in one burst.
+FIRST_POLL_SPREAD = 5.0
+# Each later poll lands within ±5% of the interval so connections drift apart, not together.
+JITTER = 0.05
+
+
+class Poller:
+    """Runs one polling task per connection and records each result in the store."""
+
+    def __init__(self, store: Store, client: ApiClient, tokens: dict[str, TokenSource],
+                 interval: float, max_concurrency: int) -> None:
+        self.store = store
+        self.client = client
+        self.tokens = tokens
+        self.interval = interval
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self) -> None:
+        """Start a task for every connection that has none."""
+        for connection_id in self.tokens:
+            if connection_id not in self._tasks:
+                self._tasks[connection_id] = asyncio.create_task(
+                    self._loop(connection_id), name=f"poll {connection_id}")
+
+    async def stop(self) -> None:
+        """Cancel every task, in-flight requests included, and wait for them to end."""
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, connection_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(random.uniform(0, min(self.interval, FIRST_POLL_SPREAD)))  # noqa: S311 - jitter, not crypto
+        while True:
+            started = loop.time()
+            await self.poll(connection_id)
+            jitter = random.uniform(-JITTER, JITTER) * self.interval  # noqa: S311 - jitter
+            await asyncio.sleep(max(0.0, started + self.interval + jitter - loop.time()))
+
+    async def poll(self, connection_id: str) -> None:
+        """Poll one connection now and record the outcome; never raises but for cancellation."""
+        async with self._semaphore:
+            started = time.monotonic()
+            try:
+                token = self.tokens[connection_id].get()
+                data = await self.client.get_connection(connection_id, token)
+            except PollFailure as failure:
+                self._failed(connection_id, failure.reason, failure.detail, started)
+            except TokenError as exc:
+                self._failed(connection_id, "unauthorized", str(exc), started)
+            except Exception as exc:  # a bug here must fail this connection only
+                log.exception("unexpected error while polling", extra={
+                    "connection_id": connection_id})
+                self._failed(connection_id, "invalid_response", type(exc).__name__, started)
+            else:
+                duration = time.monotonic() - started
+                was_up = self._state_up(connection_id)
+                self.store.success(connection_id, data, duration)
+                log.log(logging.DEBUG if was_up else logging.INFO, "poll succeeded", extra={
+                    "connection_id": connection_id, "databases": len(data.databases),
+                    "invalid_databases": data.invalid_databases,
+                    "duration_seconds": round(duration, 3)})
+
+    def _state_up(self, connection_id: str) -> bool:
+        state = self.store.states.get(connection_id)
+        return state is not None and state.up
+
+    def _failed(self, connection_id: str, reason: str, detail: str, started: float) -> None:
+        state = self.store.states.get(connection_id)
+        repeated = state is not None and not state.up and state.last_failure_reason == reason
+        self.store.failure(connection_id, reason, time.monotonic() - started)
+        log.log(logging.DEBUG if repeated else logging.WARNING, "poll failed", extra={
+            "connection_id": connection_id, "reason": reason, "detail": detail})

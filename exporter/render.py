@@ -1,0 +1,94 @@
+"""The exposition formats: escaping, sample lines, family headers and content negotiation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
+
+from exporter.metrics import MetricSpec
+
+# Label names are fixed in metrics.py; values come from the API and must be escaped.
+_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
+_OM_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", '"': '\\"'})
+
+
+def escape_label_value(text: str) -> str:
+    """Escape backslash, double quote and newline, as both text formats require."""
+    return text.translate(_LABEL_ESCAPES)
+
+
+def format_value(number: float) -> str:
+    """Shortest text that reads back as the same float; whole numbers without ``.0``."""
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "+Inf" if number > 0 else "-Inf"
+    return repr(number)
+
+
+def label_block(names: Sequence[str], values: Iterable[str]) -> str:
+    """``a="x",b="y"`` with escaped values; the caller adds the braces."""
+    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
+
+
+def sample_lines(spec: MetricSpec[Any], identity: str, obj: Any) -> str:
+    """Every sample line of one family for one object, each ending in a newline.
+
+    ``identity`` is the object's already escaped identity label block, shared by every family
+    so it is escaped once per object rather than once per line.
+    """
+    sample_name = spec.name
+    lines = []
+    for labels, number in spec.samples(obj):
+        block = identity
+        if labels:
+            own = label_block(spec.labels, labels)
+            block = f"{identity},{own}" if identity else own
+        braces = f"{{{block}}}" if block else ""
+        lines.append(f"{sample_name}{braces} {format_value(number)}\n")
+    return "".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Format:
+    """One exposition format: its content type, family headers and how the body ends."""
+
+    content_type: str
+    openmetrics: bool
+    registry_encoder: Callable[[Any], bytes]
+
+    def header(self, spec: MetricSpec[Any]) -> str:
+        """The HELP and TYPE lines that open a family."""
+        name = spec.name
+        if self.openmetrics:
+            if spec.kind == "counter":
+                name = name.removesuffix("_total")
+            text = spec.help.translate(_OM_HELP_ESCAPES)
+        else:
+            text = spec.help.translate(_HELP_ESCAPES)
+        return f"# HELP {name} {text}\n# TYPE {name} {spec.kind}\n"
+
+    def process_metrics(self) -> bytes:
+        """The prometheus_client default registry (process and Python runtime metrics).
+
+        In OpenMetrics this also supplies the closing ``# EOF`` line.
+        """
+        return self.registry_encoder(REGISTRY)
+
+
+def negotiate(accept: str | None) -> Format:
+    """Pick the format the scraper prefers, as prometheus_client's ``choose_encoder`` does."""
+    encoder, content_type = choose_encoder(accept or "")
+    return Format(
+        content_type=content_type,
+        openmetrics=content_type.startswith("application/openmetrics-text"),
+        registry_encoder=encoder,
+    )

@@ -1,0 +1,393 @@
+"""A stand-in for the ReflexDB API: a seeded fleet that changes over time, plus a test control API.
+
+``GET /v1/connections/{id}`` answers as the API reference describes (camelCase fields, nulls
+where nullable, bearer-token check, ``{error, message}`` bodies). Under ``/_sim/`` tests patch
+records, inject faults and read the requests the simulator received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exporter import logs
+from exporter.config import parse_duration
+from exporter.models import INSTANCE_SIZES, parse_pause_schedule
+from exporter.server import Request, Response, parse_listen_address, serve
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_TOKEN_ENV = "REFLEXDB_SIMULATOR_TOKEN"  # noqa: S105 - a variable name
+DEFAULT_TOKEN = "demo-token"  # noqa: S105 - the simulator's public default
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-2")
+NAMES = ("orders", "billing", "inventory", "analytics", "users", "events", "catalog",
+         "payments", "search", "audit", "crm", "ledger")
+TAGS = (("prod", "red"), ("staging", "yellow"), ("team-data", "blue"), ("pii", "purple"),
+        ("reporting", "teal"))
+TASK_SIZES = {"nano": (256, 512), "small": (512, 1024), "medium": (1024, 2048),
+              "large": (2048, 4096), "xlarge": (4096, 8192), "2xlarge": (8192, 16384)}
+JSON = "application/json"
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _hhmm(minute: int) -> str:
+    return f"{minute // 60 % 24:02d}:{minute % 60:02d}"
+
+
+def _uuid(rng: random.Random, upper: bool) -> str:
+    text = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    return text.upper() if upper else text
+
+
+@dataclass
+class Fault:
+    """An injected answer that replaces the real one while ``remaining`` lasts."""
+
+    status: int = 500
+    body: str = ""
+    content_type: str = JSON
+    delay: float = 0.0
+    truncate: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    remaining: int | None = None
+
+
+@dataclass
+class SimConnection:
+    """One connection: its fields, its raw database records, its account's token."""
+
+    fields: dict[str, Any]
+    databases: list[Any]
+    token: str
+    fault: Fault | None = None
+    pinned: set[str] = field(default_factory=set)
+
+
+class Fleet:
+    """A seeded fleet of connections whose databases move through their lifecycle."""
+
+    def __init__(self, connections: int, databases: int, seed: int, token: str) -> None:
+        self.rng = random.Random(seed)
+        self.token = token
+        self.connections: dict[str, SimConnection] = {}
+        now = time.time()
+        for index in range(connections):
+            upper = index % 2 == 1  # some answers use uppercase IDs, as the reference's example
+            connection_id = _uuid(self.rng, upper)
+            customer_id = _uuid(self.rng, upper)
+            backend = ("mysql", "postgres", "mssql")[index % 3]
+            created = now - self.rng.uniform(30, 400) * 86400
+            fields = {
+                "id": connection_id, "customerId": customer_id,
+                "name": f"{backend}-{('prod', 'staging', 'analytics')[index % 3]}-{index}",
+                "backend": backend,
+                "mysqlHost": f"db{index}.example.internal",
+                "mysqlPort": {"mysql": 3306, "postgres": 5432, "mssql": 1433}[backend],
+                "availableSchemas": [f"schema_{n}" for n in range(self.rng.randint(1, 12))],
+                "mysqlUser": "reflexdb",
+                "allowedSyncModes": ["poll", "binlog"] if backend == "mysql" else
+                                    ["poll", "logical"] if backend == "postgres" else
+                                    ["poll", "cdc"],
+                "minSyncInterval": self.rng.choice((30, 60, 300)),
+                "createdAt": _iso(created), "updatedAt": _iso(created),
+            }
+            records = [self._new_database(fields, n, now) for n in range(databases)]
+            self.connections[connection_id.lower()] = SimConnection(fields, records, token)
+
+    def _new_database(self, connection: dict[str, Any], index: int, now: float) -> dict[str, Any]:
+        rng = self.rng
+        upper = connection["id"].isupper()
+        size = rng.choice(INSTANCE_SIZES[:4])
+        cpu, memory = TASK_SIZES[size]
+        status = rng.choices(("running", "registered", "paused", "building"), (8, 1, 1, 1))[0]
+        mode = rng.choice(connection["allowedSyncModes"])
+        created = now - rng.uniform(1, 200) * 86400
+        schedule = None
+        if rng.random() < 0.3:
+            # Windows near the current hour, so the demo shows pauses and resumes live.
+            start = (int(now // 60) + rng.randint(-90, 120)) % 1440
+            length = rng.choice((30, 60, 600))
+            schedule = {"pauseAt": _hhmm(start), "resumeAt": _hhmm(start + length),
+                        "days": rng.choice(([], [1, 2, 3, 4, 5], [0, 6]))}
+        name = f"{rng.choice(NAMES)}-{index}"
+        return {
+            "id": _uuid(rng, upper), "customerId": connection["customerId"],
+            "connectionId": connection["id"], "name": name,
+            "mysqlDb": rng.choice(connection["availableSchemas"] or ["main"]),
+            "syncMode": mode,
+            "syncInterval": connection["minSyncInterval"] * rng.choice((1, 2, 4)),
+            "taskCpu": cpu, "taskMemoryMb": memory,
+            "logLevel": rng.choice(("info", "info", "debug", "warn")),
+            "status": status, "lastError": None,
+            "endpointUrl": f"https://{name}.db.reflexdb.cloud" if status == "running" else None,
+            "healthStatus": "ok" if status == "running" else None,
+            "buildComputeOverride": rng.choice((None, None, "BUILD_GENERAL1_LARGE")),
+            "instanceSize": size, "region": rng.choice(REGIONS),
+            "binlogServerId": rng.randint(1000, 9999) if mode == "binlog" else None,
+            "desiredState": None,
+            "reflexdbCustomDomain": name if rng.random() < 0.2 else None,
+            "pauseSchedule": schedule,
+            "tags": [{"label": label, "color": color}
+                     for label, color in rng.sample(TAGS, rng.randint(0, 2))],
+            "createdAt": _iso(created), "updatedAt": _iso(created),
+        }
+
+    def find(self, connection_id: str) -> SimConnection | None:
+        """A connection by ID, in any case."""
+        return self.connections.get(connection_id.lower())
+
+    def answer(self, connection_id: str) -> dict[str, Any] | None:
+        """The API's JSON for a connection."""
+        connection = self.find(connection_id)
+        if connection is None:
+            return None
+        return {**connection.fields, "databases": connection.databases}
+
+    def tick(self) -> None:
+        """Move every unpinned database one step through its lifecycle."""
+        now = time.time()
+        for connection in self.connections.values():
+            for record in list(connection.databases):
+                if isinstance(record, dict) and record.get("id") not in connection.pinned:
+                    self._step(connection, record, now)
+            if self.rng.random() < 0.02 and connection.databases:
+                # Churn: now and then a database goes away and a new one registers.
+                victim = self.rng.choice(connection.databases)
+                if isinstance(victim, dict) and victim.get("id") not in connection.pinned:
+                    connection.databases.remove(victim)
+                    connection.databases.append(
+                        self._new_database(connection.fields, self.rng.randint(100, 999), now))
+
+    def _step(self, connection: SimConnection, db: dict[str, Any], now: float) -> None:
+        rng = self.rng
+        before = (db["status"], db["healthStatus"], db["desiredState"], db["lastError"])
+        status, health = db["status"], db["healthStatus"]
+        schedule = parse_pause_schedule(db.get("pauseSchedule"))
+        in_window = bool(schedule and schedule.active(now))
+        if status == "registered" and rng.random() < 0.5:
+            db.update(status="building", desiredState="running")
+        elif status == "building" and rng.random() < 0.4:
+            db.update(status="deploying")
+        elif status in ("deploying", "resuming") and rng.random() < 0.4:
+            db.update(status="running", healthStatus="ok", desiredState=None,
+                      endpointUrl=db["endpointUrl"] or f"https://{db['name']}.db.reflexdb.cloud")
+        elif status == "running" and in_window:
+            db.update(status="pausing", desiredState="paused")
+        elif status == "pausing":
+            db.update(status="paused", healthStatus=None, desiredState=None)
+        elif status == "paused" and schedule and not in_window:
+            db.update(status="resuming", desiredState="running")
+        elif status == "failed" and rng.random() < 0.15:
+            db.update(status="deploying", lastError=None, desiredState="running")
+        elif status == "running":
+            roll = rng.random()
+            if roll < 0.01:
+                db.update(status="failed", healthStatus="unreachable",
+                          lastError="task exited: OutOfMemoryError")
+            elif roll < 0.02:
+                db.update(healthStatus="cap_exceeded")
+            elif roll < 0.06 and health == "ok":
+                db.update(healthStatus=rng.choice(("degraded", "degraded", "unreachable")))
+            elif roll < 0.3 and health != "ok":
+                db.update(healthStatus="ok")
+        if (db["status"], db["healthStatus"], db["desiredState"], db["lastError"]) != before:
+            db["updatedAt"] = _iso(now)
+
+
+def _json(status: int, payload: object) -> Response:
+    return Response(status, json.dumps(payload).encode(), JSON)
+
+
+def _error(status: int, error: str, message: str) -> Response:
+    return _json(status, {"error": error, "message": message})
+
+
+class SimulatorApp:
+    """The HTTP face of a Fleet: the API itself and the ``/_sim/`` control endpoints."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.requests: list[dict[str, Any]] = []
+
+    async def __call__(self, request: Request) -> Response:
+        """Answer one request."""
+        parts = [p for p in request.path.split("/") if p]
+        if parts[:2] == ["v1", "connections"] and len(parts) == 3 and request.method == "GET":
+            self.requests = [*self.requests[-1999:], {
+                "method": request.method, "path": request.path, "query": request.query,
+                "headers": request.headers}]
+            return await self._get_connection(parts[2], request)
+        if parts[:1] == ["_sim"]:
+            try:
+                return self._control(request.method, parts[1:], request.body)
+            except (ValueError, KeyError, TypeError) as exc:
+                return _error(400, "bad_request", str(exc))
+        return _error(404, "not_found", "no such route")
+
+    async def _get_connection(self, connection_id: str, request: Request) -> Response:
+        connection = self.fleet.find(connection_id)
+        fault = connection.fault if connection else None
+        if connection and fault:
+            if fault.remaining is not None:
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    connection.fault = None
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            body = fault.body.encode()
+            if fault.truncate:
+                head = (f"HTTP/1.1 {fault.status} X\r\nContent-Type: {fault.content_type}\r\n"
+                        f"Content-Length: {len(body) + 1000}\r\n\r\n").encode()
+                return Response(raw=head + body)
+            return Response(fault.status, body, fault.content_type, list(fault.headers.items()))
+        expected = connection.token if connection else self.fleet.token
+        if request.headers.get("authorization") != f"Bearer {expected}":
+            return _error(401, "unauthorized", "missing or invalid bearer token")
+        answer = self.fleet.answer(connection_id)
+        if answer is None:
+            return _error(404, "not_found", "connection not found")
+        return _json(200, answer)
+
+    def _control(self, method: str, parts: list[str], body: bytes) -> Response:
+        payload: Any = json.loads(body) if body else None
+        if parts == ["fleet"] and method == "GET":
+            return _json(200, {cid: self.fleet.answer(cid) for cid in self.fleet.connections})
+        if parts == ["requests"] and method == "GET":
+            return _json(200, self.requests)
+        if parts == ["requests"] and method == "DELETE":
+            self.requests = []
+            return _json(200, {})
+        if parts == ["tick"] and method == "POST":
+            self.fleet.tick()
+            return _json(200, {})
+        if len(parts) < 2 or parts[0] != "connections":
+            return _error(404, "not_found", "no such control route")
+        connection = self.fleet.find(parts[1])
+        if connection is None:
+            return _error(404, "not_found", "connection not found")
+        rest = parts[2:]
+        if rest == [] and method == "PATCH":
+            connection.fields.update(payload)
+        elif rest == ["fault"] and method == "PUT":
+            connection.fault = Fault(**payload)
+        elif rest == ["fault"] and method == "DELETE":
+            connection.fault = None
+        elif rest == ["token"] and method == "PUT":
+            connection.token = payload["token"]
+        elif rest == ["databases"] and method == "PUT":
+            connection.databases = list(payload)
+            connection.pinned.update(r["id"] for r in payload if isinstance(r, dict) and "id" in r)
+        elif rest == ["databases"] and method == "POST":
+            connection.databases.append(payload)
+            if isinstance(payload, dict) and "id" in payload:
+                connection.pinned.add(payload["id"])
+        elif len(rest) == 2 and rest[0] == "databases":
+            return self._database(connection, rest[1], method, payload)
+        else:
+            return _error(404, "not_found", "no such control route")
+        return _json(200, {})
+
+    def _database(self, connection: SimConnection, database_id: str, method: str,
+                  payload: Any) -> Response:
+        wanted = database_id.lower()
+        for index, record in enumerate(connection.databases):
+            if isinstance(record, dict) and str(record.get("id", "")).lower() == wanted:
+                if method == "DELETE":
+                    del connection.databases[index]
+                elif method == "PATCH":
+                    for key in payload.pop("__delete__", []):
+                        record.pop(key, None)
+                    record.update(payload)
+                    connection.pinned.add(record["id"])
+                else:
+                    return _error(405, "method_not_allowed", "PATCH or DELETE")
+                return _json(200, {})
+        return _error(404, "not_found", "database not found")
+
+
+def exporter_config(url: str, fleet: Fleet, poll_interval: str = "60s") -> dict[str, Any]:
+    """An exporter config that polls every connection of this simulator."""
+    return {
+        "api": {"url": url},
+        "poll_interval": poll_interval,
+        "connections": [{"id": c.fields["id"]} for c in fleet.connections.values()],
+    }
+
+
+async def run_fleet(fleet: Fleet, tick: float) -> None:
+    """Advance the fleet every ``tick`` seconds, forever."""
+    while True:
+        await asyncio.sleep(tick)
+        fleet.tick()
+
+
+async def _main(args: argparse.Namespace, token: str) -> None:
+    fleet = Fleet(args.connections, args.databases, args.seed, token)
+    host, port = parse_listen_address(args.listen_address)
+    server = await serve(SimulatorApp(fleet), host, port)
+    bound = server.sockets[0].getsockname()
+    shown = host or "127.0.0.1"
+    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound[1]}/v1"
+    if args.write_config:
+        args.write_config.write_text(yaml.safe_dump(exporter_config(url, fleet), sort_keys=False))
+    log.info("simulator listening", extra={"url": url, "connections": args.connections,
+                                            "databases_per_connection": args.databases})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ticker = None if args.static else asyncio.create_task(run_fleet(fleet, args.tick))
+    await stop.wait()
+    if ticker:
+        ticker.cancel()
+    server.close()
+    with contextlib.suppress(Exception):
+        await server.wait_closed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator on its own, e.g. as a docker-compose service."""
+    parser = argparse.ArgumentParser(prog="reflexdb-simulator", description=__doc__.split("\n")[0])
+    parser.add_argument("--web.listen-address", dest="listen_address", default="127.0.0.1:10511")
+    parser.add_argument("--connections", type=int, default=3)
+    parser.add_argument("--databases", type=int, default=8, help="per connection")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tick", type=parse_duration, default=5.0,
+                        help="how often the fleet changes (default 5s)")
+    parser.add_argument("--static", action="store_true", help="never change on its own")
+    parser.add_argument("--token-file", type=Path,
+                        help=f"the accepted token (default: ${SIMULATOR_TOKEN_ENV} or "
+                             f"{DEFAULT_TOKEN!r})")
+    parser.add_argument("--write-config", type=Path, metavar="PATH",
+                        help="write an exporter config for this fleet to PATH once listening")
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=logs.LEVELS)
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level, "logfmt")
+    if args.token_file:
+        token = args.token_file.read_text(encoding="utf-8").strip()
+    else:
+        token = os.environ.get(SIMULATOR_TOKEN_ENV, DEFAULT_TOKEN)
+    logs.SECRETS.add(token)
+    asyncio.run(_main(args, token))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
