@@ -124,7 +124,7 @@ def _env(**extra: str) -> dict[str, str]:
 class Simulator:
     """The simulator process and its control API."""
 
-    def __init__(self, tmp: Path, token: str, connections: int = 3, databases: int = 4,
+    def __init__(self, tmp: Path, token: str, *, connections: int = 3, databases: int = 4,
                  seed: int = 11, static: bool = True, tick: str = "1s") -> None:
         self.token = token
         self.port = free_port()

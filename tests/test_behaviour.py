@@ -46,9 +46,11 @@ def test_unknown_enum_values_are_exported_and_logged_once(
                              healthStatus="on_fire", instanceSize="4xlarge", syncMode="stream")
     scrape = exporter.wait_for(
         lambda s: s.value("reflexdb_database_status", **ids, status="hibernating") == 1)
-    statuses = dict((labels["status"], v) for labels, v in
-                    scrape.series("reflexdb_database_status", **ids))
-    assert len(statuses) == 12 and statuses["hibernating"] == 1 and sum(statuses.values()) == 1
+    statuses = {labels["status"]: v for labels, v in
+                scrape.series("reflexdb_database_status", **ids)}
+    assert len(statuses) == 12
+    assert statuses["hibernating"] == 1
+    assert sum(statuses.values()) == 1
     assert scrape.value("reflexdb_database_health_status", **ids, health_status="on_fire") == 1
     assert scrape.value("reflexdb_database_health_status", **ids, health_status="unknown") == 0
     assert scrape.value("reflexdb_database_instance_size", **ids, instance_size="4xlarge") == 1
@@ -59,7 +61,8 @@ def test_unknown_enum_values_are_exported_and_logged_once(
                                          connection_id=ids["connection_id"]) or 0)
                       >= polls_then + 3, what="three more polls")
     logged = [line for line in exporter.logs().splitlines() if "value=hibernating" in line]
-    assert len(logged) == 1 and "level=warn" in logged[0]
+    assert len(logged) == 1
+    assert "level=warn" in logged[0]
 
 
 def test_skipped_records_are_counted_and_harmless(
@@ -94,7 +97,8 @@ def test_bad_fields_degrade_alone(simulator: Simulator, exporter: Exporter) -> N
         lambda s: s.value("reflexdb_database_health_status", **ids, health_status="unknown") == 1)
     present = set(_series_of_database(scrape, ids["database_id"]))
     for gone in ("reflexdb_database_sync_interval_seconds", "reflexdb_database_task_cpu_vcpus",
-                 "reflexdb_database_task_memory_bytes", "reflexdb_database_created_timestamp_seconds",
+                 "reflexdb_database_task_memory_bytes",
+                 "reflexdb_database_created_timestamp_seconds",
                  "reflexdb_database_updated_timestamp_seconds", "reflexdb_database_instance_size",
                  "reflexdb_database_tag_info", "reflexdb_database_pause_window_active"):
         assert gone not in present, gone
@@ -103,7 +107,8 @@ def test_bad_fields_degrade_alone(simulator: Simulator, exporter: Exporter) -> N
                  "reflexdb_database_pause_schedule_configured"):
         assert kept in present, kept
     info = scrape.series("reflexdb_database_info", **ids)
-    assert len(info) == 1 and info[0][0]["region"] == ""
+    assert len(info) == 1
+    assert info[0][0]["region"] == ""
 
 
 def test_awkward_names_round_trip_exactly(simulator: Simulator, exporter: Exporter) -> None:

@@ -35,8 +35,10 @@ def test_minimal_config_gets_defaults() -> None:
     config = parse_config(f"connections:\n  - id: {GOOD_ID}\n")
     assert config.connections[0].id == GOOD_ID.lower()
     assert config.api.url == "https://api.reflexdb.cloud/v1"
-    assert config.api.timeout == 10 and config.api.max_concurrency == 8
-    assert config.poll_interval == 60 and config.stale_after == 300
+    assert config.api.timeout == 10
+    assert config.api.max_concurrency == 8
+    assert config.poll_interval == 60
+    assert config.stale_after == 300
 
 
 def test_every_problem_is_named_by_path() -> None:
@@ -89,7 +91,7 @@ def test_structural_problems(text: str, problem: str) -> None:
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own module, fixed arguments
+    return subprocess.run(
         [sys.executable, "-m", "exporter", "--config.check", "--config.file", str(path)],
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
 
@@ -109,7 +111,8 @@ def test_config_check_flag_reports_and_exits(tmp_path: Path) -> None:
     assert "bogus_key: unknown key" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     missing = _check(tmp_path / "absent.yaml")
-    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    assert missing.returncode == 1
+    assert "cannot read" in missing.stderr
     assert "Traceback" not in missing.stderr
 
 

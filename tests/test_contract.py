@@ -29,7 +29,7 @@ def _db_labels(connection_id: str, db: dict[str, Any]) -> dict[str, str]:
 
 
 def _state_set(scrape: Scrape, name: str, label: str, states: list[str], current: str,
-               ids: dict[str, str]) -> None:
+               *, ids: dict[str, str]) -> None:
     got = {labels[label]: value for labels, value in scrape.series(name, **ids)}
     assert got == {s: float(s == current) for s in states}, (name, ids)
 
@@ -63,11 +63,14 @@ def test_connection_series_match_the_api(simulator: Simulator, scrape: Scrape) -
                    scrape.series("reflexdb_connection_sync_mode_allowed", **ids)}
         assert allowed == {m: float(m in answer["allowedSyncModes"]) for m in MODES}
         last_success = scrape.value("reflexdb_connection_last_success_timestamp_seconds", **ids)
-        assert last_success is not None and abs(last_success - time.time()) < 30
+        assert last_success is not None
+        assert abs(last_success - time.time()) < 30
         duration = scrape.value("reflexdb_connection_poll_duration_seconds", **ids)
-        assert duration is not None and 0 < duration < 2
+        assert duration is not None
+        assert 0 < duration < 2
         polls = scrape.value("reflexdb_connection_polls_total", **ids)
-        assert polls is not None and polls >= 1
+        assert polls is not None
+        assert polls >= 1
         failures = {labels["reason"]: v for labels, v in
                     scrape.series("reflexdb_connection_poll_failures_total", **ids)}
         assert failures == dict.fromkeys(
@@ -84,13 +87,15 @@ def test_database_series_match_the_api(simulator: Simulator, scrape: Scrape) -> 
             assert scrape.value(
                 "reflexdb_database_info", **ids, customer_id=db["customerId"].lower(),
                 mysql_db=db["mysqlDb"], region=db["region"], log_level=db["logLevel"],
-                endpoint_url=db["endpointUrl"] or "", custom_domain=db["reflexdbCustomDomain"] or "",
+                endpoint_url=db["endpointUrl"] or "",
+                custom_domain=db["reflexdbCustomDomain"] or "",
                 build_compute_override=db["buildComputeOverride"] or "") == 1
-            _state_set(scrape, "reflexdb_database_status", "status", STATUSES, db["status"], ids)
+            _state_set(scrape, "reflexdb_database_status", "status", STATUSES, db["status"],
+                       ids=ids)
             _state_set(scrape, "reflexdb_database_health_status", "health_status", HEALTH,
-                       db["healthStatus"] or "unknown", ids)
+                       db["healthStatus"] or "unknown", ids=ids)
             _state_set(scrape, "reflexdb_database_instance_size", "instance_size", SIZES,
-                       db["instanceSize"], ids)
+                       db["instanceSize"], ids=ids)
             _state_set(scrape, "reflexdb_database_sync_mode", "sync_mode", MODES, db["syncMode"],
                        ids)
             assert scrape.value("reflexdb_database_sync_interval_seconds", **ids) == db[
@@ -125,7 +130,8 @@ def test_database_series_match_the_api(simulator: Simulator, scrape: Scrape) -> 
 def test_build_info_and_types(scrape: Scrape) -> None:
     """build_info is 1 with version labels; counters are typed counter and the rest gauge."""
     build = scrape.series("reflexdb_exporter_build_info")
-    assert len(build) == 1 and build[0][1] == 1
+    assert len(build) == 1
+    assert build[0][1] == 1
     assert set(build[0][0]) == {"version", "python_version"}
     assert scrape.types["reflexdb_connection_polls"] == "counter"
     assert scrape.types["reflexdb_connection_poll_failures"] == "counter"
@@ -146,7 +152,8 @@ def test_status_change_moves_status_since(simulator: Simulator, exporter: Export
         lambda s: s.value("reflexdb_database_status", **ids, status=new_status) == 1,
         what="the new status")
     since = after.value("reflexdb_database_status_since_timestamp_seconds", **ids)
-    assert since is not None and before - 1 <= since <= time.time()
+    assert since is not None
+    assert before - 1 <= since <= time.time()
     assert after.value("reflexdb_database_updated_timestamp_seconds", **ids) == _ts(
         db["updatedAt"])
 

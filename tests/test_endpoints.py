@@ -66,7 +66,8 @@ def test_gzip_is_honoured_and_decodes_to_the_plain_body(exporter: Exporter) -> N
     import zlib  # noqa: PLC0415
     first_member = zlib.decompressobj(16 + zlib.MAX_WBITS)
     assert first_member.decompress(compressed).decode() == whole
-    assert first_member.eof and first_member.unused_data == b""
+    assert first_member.eof
+    assert first_member.unused_data == b""
     assert stable(whole) == stable(plain)
     assert parse_exposition(whole).value("reflexdb_exporter_connections") == 3
     assert whole.rstrip().splitlines()[-1].startswith(("process_", "python_"))
@@ -78,8 +79,10 @@ def test_landing_page_lists_connections(simulator: Simulator, exporter: Exporter
     """The landing page shows the version, links the metrics and tables every connection."""
     exporter.wait_for(lambda s: s.series("reflexdb_database_status"))
     page = exporter.http.get("/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'href="/metrics"' in page.text and "Version" in page.text
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'href="/metrics"' in page.text
+    assert "Version" in page.text
     for connection_id in simulator.connection_ids:
         assert connection_id.lower() in page.text
     assert page.text.count("<td>up</td>") == 3

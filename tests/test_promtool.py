@@ -25,4 +25,5 @@ def test_promtool_check_metrics(simulator: Simulator, exporter: Exporter) -> Non
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+    assert result.stdout.strip() == ""
+    assert result.stderr.strip() == ""

@@ -32,7 +32,8 @@ def test_golden_escaping_of_labels_and_help() -> None:
 def test_openmetrics_header_names_counters_without_total() -> None:
     """In OpenMetrics a counter family drops _total and HELP also escapes quotes."""
     fmt = negotiate("application/openmetrics-text; version=1.0.0")
-    assert fmt.openmetrics and fmt.content_type.startswith("application/openmetrics-text")
+    assert fmt.openmetrics
+    assert fmt.content_type.startswith("application/openmetrics-text")
     spec: MetricSpec[float] = MetricSpec("x_polls_total", "counter", 'a "b"', "exporter", (),
                                          value(lambda v: v))
     assert fmt.header(spec) == '# HELP x_polls a \\"b\\"\n# TYPE x_polls counter\n'
@@ -91,7 +92,8 @@ def test_pause_window(schedule: dict[str, object], day: int, time: str, active: 
 def test_unreadable_schedule_has_no_window(schedule: dict[str, object]) -> None:
     """A malformed schedule still counts as configured but its window is unknown."""
     parsed = parse_pause_schedule(schedule)
-    assert parsed is not None and parsed.active(_at(1, "01:30")) is None
+    assert parsed is not None
+    assert parsed.active(_at(1, "01:30")) is None
 
 
 def test_models_keep_good_records_and_count_bad_ones() -> None:
@@ -106,7 +108,9 @@ def test_models_keep_good_records_and_count_bad_ones() -> None:
     assert connection.invalid_databases == 4
     assert [d.id for d in connection.databases] == [db_id.lower(), "not-a-uuid"]
     first = connection.databases[0]
-    assert first.task_cpu is None and first.sync_interval is None and first.status == "running"
+    assert first.task_cpu is None
+    assert first.sync_interval is None
+    assert first.status == "running"
     assert len(connection.databases[1].tags) == 1
 
 

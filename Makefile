@@ -1,0 +1,49 @@
+# Two commands: `make demo` and `make test`. Both work on a fresh Debian machine with Python 3.11+.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+.PHONY: demo test lint bench system-deps docs clean
+
+# Debian's python3 needs python3-venv before `python3 -m venv` works.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); $(APT) update -q && \
+		$(APT) install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed-run
+	$(BIN)/reflexdb-exporter --demo
+
+# promtool, prometheus and alertmanager for the tests come from Debian's packages.
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
+		|| ! command -v curl >/dev/null; then \
+		echo "installing Debian's prometheus, prometheus-alertmanager and curl"; \
+		$(APT) update -q && $(APT) install -y -q --no-install-recommends \
+			prometheus prometheus-alertmanager curl; \
+	fi
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check exporter tests
+	$(BIN)/mypy
+
+test: $(VENV)/.installed-test system-deps lint
+	$(BIN)/pytest
+
+docs: $(VENV)/.installed-run
+	$(BIN)/python -m exporter.docs > docs/metrics.md
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
