@@ -83,9 +83,13 @@ class SimConnection:
 class Fleet:
     """A seeded fleet of connections whose databases move through their lifecycle."""
 
-    def __init__(self, connections: int, databases: int, seed: int, token: str) -> None:
+    def __init__(self, connections: int, databases: int, seed: int, token: str, *,
+                 churn: int = 0, touch_all: bool = False) -> None:
         self.rng = random.Random(seed)
         self.token = token
+        self.churn = churn  # databases replaced per connection at every tick
+        self.touch_all = touch_all  # every record's updatedAt moves at every tick
+        self.ticks = 0
         self.connections: dict[str, SimConnection] = {}
         now = time.time()
         for index in range(connections):
@@ -163,15 +167,19 @@ class Fleet:
     def tick(self) -> None:
         """Move every unpinned database one step through its lifecycle."""
         now = time.time()
+        self.ticks += 1
         for connection in self.connections.values():
             for record in list(connection.databases):
                 if isinstance(record, dict) and record.get("id") not in connection.pinned:
                     self._step(connection, record, now)
-            if self.rng.random() < 0.02 and connection.databases:
-                # Churn: now and then a database goes away and a new one registers.
-                victim = self.rng.choice(connection.databases)
-                if isinstance(victim, dict) and victim.get("id") not in connection.pinned:
-                    connection.databases.remove(victim)
+                    if self.touch_all:
+                        record["updatedAt"] = _iso(now)
+            # Churn: a database goes away and a new one registers; now and then by default.
+            for _ in range(self.churn or (1 if self.rng.random() < 0.02 else 0)):
+                victims = [r for r in connection.databases
+                           if isinstance(r, dict) and r.get("id") not in connection.pinned]
+                if victims:
+                    connection.databases.remove(self.rng.choice(victims))
                     connection.databases.append(
                         self._new_database(connection.fields, self.rng.randint(100, 999), now))
 
@@ -339,7 +347,8 @@ async def run_fleet(fleet: Fleet, tick: float) -> None:
 
 
 async def _main(args: argparse.Namespace, token: str) -> None:
-    fleet = Fleet(args.connections, args.databases, args.seed, token)
+    fleet = Fleet(args.connections, args.databases, args.seed, token, churn=args.churn,
+                  touch_all=args.touch_all)
     host, port = parse_listen_address(args.listen_address)
     server = await serve(SimulatorApp(fleet), host, port)
     bound = server.sockets[0].getsockname()
@@ -372,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick", type=parse_duration, default=5.0,
                         help="how often the fleet changes (default 5s)")
     parser.add_argument("--static", action="store_true", help="never change on its own")
+    parser.add_argument("--churn", type=int, default=0, metavar="N",
+                        help="replace N databases per connection at every tick (soak tests)")
+    parser.add_argument("--touch-all", action="store_true",
+                        help="move every record's updatedAt at every tick, so every answer "
+                             "changes (benchmarks' worst case)")
     parser.add_argument("--token-file", type=Path,
                         help=f"the accepted token (default: ${SIMULATOR_TOKEN_ENV} or "
                              f"{DEFAULT_TOKEN!r})")
