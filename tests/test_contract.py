@@ -97,7 +97,7 @@ def test_database_series_match_the_api(simulator: Simulator, scrape: Scrape) -> 
             _state_set(scrape, "reflexdb_database_instance_size", "instance_size", SIZES,
                        db["instanceSize"], ids=ids)
             _state_set(scrape, "reflexdb_database_sync_mode", "sync_mode", MODES, db["syncMode"],
-                       ids)
+                       ids=ids)
             assert scrape.value("reflexdb_database_sync_interval_seconds", **ids) == db[
                 "syncInterval"]
             assert scrape.value("reflexdb_database_task_cpu_vcpus", **ids) == db["taskCpu"] / 1024
