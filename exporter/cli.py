@@ -1,26 +1,22 @@
-"""Command line: Prometheus exporter flags, config check, demo mode and the run loop."""
+"""Command line: Prometheus exporter flags, config check and demo mode."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import platform
 import secrets
-import signal
 import sys
 from pathlib import Path
 
 from exporter import __version__, logs
-from exporter.client import ApiClient
-from exporter.config import RATE_LIMIT_WARNING_SECONDS, Config, ConfigError, parse_config
-from exporter.http import ExporterApp
-from exporter.poller import Poller
+from exporter.config import Config, ConfigError
+from exporter.runtime import Options, Runtime, load_config
 from exporter.server import parse_listen_address, serve
 from exporter.simulator import Fleet, SimulatorApp, exporter_config, run_fleet
-from exporter.snapshot import Store
-from exporter.tokens import TokenError, TokenSource
+from exporter.tokens import TOKEN_ENV, TokenError, TokenSource
+from exporter.webconfig import WebConfig, parse_web_config
 
 log = logging.getLogger("exporter")
 
@@ -37,12 +33,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config.file", dest="config_file", type=Path,
                         default=Path("config.yaml"), help="YAML config (default: config.yaml)")
     parser.add_argument("--config.check", dest="config_check", action="store_true",
-                        help="validate the config file and exit")
+                        help="validate the config file (and --web.config.file) and exit")
     parser.add_argument("--web.listen-address", dest="listen_address",
                         default=f":{DEFAULT_PORT}",
                         help=f"[HOST]:PORT to serve on (default :{DEFAULT_PORT})")
     parser.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
                         help="path of the metrics (default /metrics)")
+    parser.add_argument("--web.config.file", dest="web_config_file", type=Path,
+                        help="exporter-toolkit web config: TLS and basic auth")
+    parser.add_argument("--shard", type=int, default=0,
+                        help="which share of the connections this replica polls (0-based)")
+    parser.add_argument("--total-shards", dest="total_shards", type=int, default=1,
+                        help="how many replicas share the connections (default 1)")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=logs.LEVELS)
     parser.add_argument("--log.format", dest="log_format", default="logfmt",
                         choices=("logfmt", "json"))
@@ -54,70 +56,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate the config file; ConfigError names every problem."""
+def _fail(title: str, problems: list[str]) -> int:
+    print(f"{title}:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def _web_config(path: Path | None) -> WebConfig | None:
+    if path is None:
+        return None
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError([f"--config.file: cannot read {path}: {reason}"]) from None
-    return parse_config(text)
-
-
-def token_sources(config: Config) -> dict[str, TokenSource]:
-    """A token source per connection, shared where connections share a token file."""
-    default = TokenSource(config.api.token_file)
-    by_path: dict[Path, TokenSource] = {}
-    sources = {}
-    for connection in config.connections:
-        if connection.token_file is None:
-            sources[connection.id] = default
-        else:
-            sources[connection.id] = by_path.setdefault(
-                connection.token_file, TokenSource(connection.token_file))
-    for source in {id(s): s for s in sources.values()}.values():
-        source.get()  # fail at start, not at the first poll, when a token is missing
-    return sources
-
-
-async def run(config: Config, sources: dict[str, TokenSource], args: argparse.Namespace,
-              demo_url_note: bool = False) -> int:
-    """Serve and poll until SIGTERM or SIGINT."""
-    store = Store((c.id for c in config.connections), config.stale_after)
-    client = ApiClient(config.api.url, config.api.timeout, config.api.max_concurrency)
-    poller = Poller(store, client, sources, config.poll_interval, config.api.max_concurrency)
-    host, port = parse_listen_address(args.listen_address)
-    try:
-        server = await serve(ExporterApp(store, args.telemetry_path), host, port)
     except OSError as exc:
-        log.error("cannot listen", extra={"address": args.listen_address, "err": exc.strerror})
-        await client.close()
+        raise ConfigError([f"--web.config.file: cannot read {path}: {exc.strerror}"]) from None
+    return parse_web_config(text)
+
+
+async def _serve(runtime: Runtime, demo: bool = False) -> int:
+    try:
+        port = await runtime.start()
+    except OSError as exc:
+        log.error("cannot listen", extra={"address": runtime.options.listen_address,
+                                          "err": exc.strerror or str(exc)})
+        await runtime.close()
         return 1
-    bound = server.sockets[0].getsockname()[1]
-    log.info("listening", extra={"address": args.listen_address, "port": bound,
-                                 "telemetry_path": args.telemetry_path,
-                                 "connections": len(config.connections),
-                                 "poll_interval_seconds": config.poll_interval})
-    if demo_url_note:
-        print(f"\nReflexDB exporter demo: open http://localhost:{bound}/ "
-              f"(metrics at http://localhost:{bound}{args.telemetry_path}); Ctrl-C stops.\n",
-              flush=True)
-    poller.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    server.close()
-    await poller.stop()
-    await client.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(server.wait_closed(), 2)
-    return 0
+    if demo:
+        print(f"\nReflexDB exporter demo: open http://localhost:{port}/ "
+              f"(metrics at http://localhost:{port}{runtime.options.telemetry_path}); "
+              "Ctrl-C stops.\n", flush=True)
+    return await runtime.run()
 
 
-async def run_demo(args: argparse.Namespace) -> int:
+async def run_demo(options: Options) -> int:
     """Start a simulated fleet on loopback and export it."""
     token = secrets.token_urlsafe(24)
     logs.SECRETS.add(token)
@@ -126,11 +97,11 @@ async def run_demo(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{sim.sockets[0].getsockname()[1]}/v1"
     ticker = asyncio.create_task(run_fleet(fleet, DEMO_TICK))
     config = Config.model_validate(exporter_config(url, fleet, DEMO_POLL_INTERVAL))
-    sources = {c.id: TokenSource(None, {"REFLEXDB_API_TOKEN": token})
-               for c in config.connections}
+    source = TokenSource(None, {TOKEN_ENV: token})
     log.info("demo: simulator started", extra={"url": url})
     try:
-        return await run(config, sources, args, demo_url_note=True)
+        return await _serve(Runtime(options, config, {c.id: source for c in config.connections}),
+                            demo=True)
     finally:
         ticker.cancel()
         sim.close()
@@ -143,27 +114,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_listen_address(args.listen_address)
     except ValueError as exc:
-        print(f"--web.listen-address: {exc}", file=sys.stderr)
-        return 2
+        return _fail("invalid flags", [f"--web.listen-address: {exc}"])
+    if not 0 <= args.shard < args.total_shards:
+        return _fail("invalid flags", ["--shard: must be from 0 to --total-shards minus 1"])
+    try:
+        web = _web_config(args.web_config_file)
+    except ConfigError as exc:
+        return _fail(f"{args.web_config_file}: invalid web config", exc.problems)
+    options = Options(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
+                      config_file=None if args.demo else args.config_file, web=web,
+                      shard=args.shard, total_shards=args.total_shards,
+                      warn_short_interval=not args.demo)
     if args.demo:
-        return asyncio.run(run_demo(args))
+        return asyncio.run(run_demo(options))
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
-        print(f"{args.config_file}: invalid config:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+        return _fail(f"{args.config_file}: invalid config", exc.problems)
     if args.config_check:
         print(f"{args.config_file}: config OK, {len(config.connections)} "
               f"connection(s), polled every {config.poll_interval:g}s")
         return 0
-    if config.poll_interval < RATE_LIMIT_WARNING_SECONDS:
-        log.warning("poll_interval is short enough to strain a real account's API rate limit",
-                    extra={"poll_interval_seconds": config.poll_interval})
-    try:
-        sources = token_sources(config)
-    except TokenError as exc:
-        log.error(str(exc))
-        return 1
-    return asyncio.run(run(config, sources, args))
+
+    async def start() -> int:
+        try:
+            runtime = Runtime(options, config)
+            return await _serve(runtime)
+        except TokenError as exc:
+            log.error(str(exc))
+            return 1
+
+    return asyncio.run(start())

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import ssl
+import time
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import httpx
 
@@ -12,15 +17,22 @@ from exporter.models import Connection, InvalidResponse, parse_connection
 
 # A connection's answer is a few KiB per database; anything near this is not a real answer.
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# Backoff before retry n (1-based) is a random share of BASE * 2^(n-1): "full jitter".
+RETRY_BASE_SECONDS = 0.5
+# A Retry-After longer than this is taken as this, so one odd header cannot stop polling.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+RETRIED_REASONS = frozenset({"server_error", "connect_error"})
 
 
 class PollFailure(Exception):
     """A failed poll, with a reason from ``metrics.FAILURE_REASONS`` and a token-free detail."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.retry_after = retry_after
+        self.retries = 0
 
 
 def _status_reason(status: int) -> str:
@@ -48,16 +60,43 @@ def _error_detail(status: int, body: bytes) -> str:
     return f"HTTP {status}"
 
 
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def tls_verification(ca_file: Path | None, insecure: bool) -> ssl.SSLContext | bool:
+    """What httpx should verify the API's certificate against."""
+    if insecure:
+        return False
+    if ca_file is not None:
+        return ssl.create_default_context(cafile=str(ca_file))
+    return True
+
+
 class ApiClient:
     """Fetches connections over one pooled ``httpx.AsyncClient``."""
 
-    def __init__(self, base_url: str, timeout: float, max_connections: int,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+    def __init__(self, base_url: str, timeout: float, max_connections: int, *,
+                 retries: int = 2, max_response_bytes: int = MAX_RESPONSE_BYTES,
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.retries = retries
         self.max_response_bytes = max_response_bytes
         self._http = httpx.AsyncClient(
             timeout=timeout,
+            verify=verify,
             follow_redirects=False,  # a redirect must not carry the bearer token elsewhere
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections),
@@ -69,28 +108,48 @@ class ApiClient:
         """Close pooled connections."""
         await self._http.aclose()
 
-    async def get_connection(self, connection_id: str, token: str) -> Connection:
-        """GET /connections/{id} and parse it, or raise PollFailure."""
+    async def get_connection(self, connection_id: str, token: str) -> tuple[Connection, int]:
+        """GET /connections/{id} and parse it, retrying 5xx and connection errors a few times.
+
+        Returns the connection and how many retries it took. Raises PollFailure, whose
+        ``retries`` says the same; 401, 403, 404, 429 and bad answers are never retried.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(connection_id, token), attempt
+            except PollFailure as failure:
+                if (failure.reason not in RETRIED_REASONS or failure.retry_after is not None
+                        or attempt >= self.retries):
+                    failure.retries = attempt
+                    raise
+            attempt += 1
+            backoff = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+            await asyncio.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not crypto
+
+    async def _attempt(self, connection_id: str, token: str) -> Connection:
         url = f"{self.base_url}/connections/{connection_id}"
         try:
             # httpx times each read separately; this bounds a slowly dripping answer too.
             async with asyncio.timeout(self.timeout):
-                status, body = await self._fetch(url, token)
+                status, headers, body = await self._fetch(url, token)
         except (TimeoutError, httpx.TimeoutException):
             raise PollFailure("timeout", f"no complete answer within {self.timeout:g}s") from None
         except httpx.TransportError as exc:
             raise PollFailure("connect_error", type(exc).__name__) from None
         if status != 200:
-            raise PollFailure(_status_reason(status), _error_detail(status, body))
+            retry_after = (parse_retry_after(headers.get("retry-after"), time.time())
+                           if status in (429, 503) else None)
+            raise PollFailure(_status_reason(status), _error_detail(status, body), retry_after)
         try:
             return parse_connection(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise PollFailure("invalid_response", "answer is not JSON") from None
         except InvalidResponse as exc:
             raise PollFailure("invalid_response", str(exc)) from None
 
-    async def _fetch(self, url: str, token: str) -> tuple[int, bytes]:
-        """Status and body, refusing a body over the size cap without reading it all."""
+    async def _fetch(self, url: str, token: str) -> tuple[int, httpx.Headers, bytes]:
+        """Status, headers and body, refusing a body over the size cap without reading it all."""
         headers = {"Authorization": f"Bearer {token}"}
         async with self._http.stream("GET", url, headers=headers) as response:
             declared = response.headers.get("content-length", "")
@@ -108,4 +167,4 @@ class ApiClient:
                 raise
             except httpx.TransportError:
                 raise PollFailure("invalid_response", "answer was cut short") from None
-            return response.status_code, b"".join(chunks)
+            return response.status_code, response.headers, b"".join(chunks)

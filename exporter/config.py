@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -23,6 +24,9 @@ DEFAULT_API_URL = "https://api.reflexdb.cloud/v1"
 # Below this poll interval a real account with many connections risks its API rate limit.
 RATE_LIMIT_WARNING_SECONDS = 15.0
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_UNIT_BYTES = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024,
+               "MiB": 1024**2, "GiB": 1024**3}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -50,6 +54,21 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def parse_size(value: object) -> int:
+    """Read ``512KiB``, ``32MiB``, ``1GB`` or a plain number as bytes."""
+    if isinstance(value, bool):
+        raise ValueError("not a size")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        size = int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+    else:
+        raise ValueError("not a size (use 512KiB, 32MiB, 1GiB or a number of bytes)")
+    if size < 1024:
+        raise ValueError("must be at least 1KiB")
+    return size
+
+
 def canonical_uuid(value: object) -> str:
     """Return a UUID as lowercase canonical text, whatever case or braces it came with."""
     if not isinstance(value, str):
@@ -61,6 +80,7 @@ def canonical_uuid(value: object) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
 ConnectionId = Annotated[str, BeforeValidator(canonical_uuid)]
 
 
@@ -75,6 +95,10 @@ class ApiConfig(_Strict):
     token_file: Path | None = None
     timeout: Duration = 10.0
     max_concurrency: int = Field(default=8, ge=1, le=256)
+    retries: int = Field(default=2, ge=0, le=5)
+    max_response_size: ByteSize = 32 * 1024 * 1024
+    ca_file: Path | None = None
+    insecure_skip_verify: StrictBool = False
 
     @field_validator("url")
     @classmethod
@@ -156,11 +180,16 @@ def parse_config(text: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_input=False, include_url=False):
-            message = _message(error)
-            if not error["loc"] and message.startswith("connections["):
-                problems.extend(message.split("; "))
-            else:
-                problems.append(f"{_path(error['loc'])}: {message}")
-        raise ConfigError(problems) from None
+        raise ConfigError(validation_problems(exc)) from None
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One ``path: message`` line per pydantic error."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        message = _message(error)
+        if not error["loc"] and message.startswith("connections["):
+            problems.extend(message.split("; "))  # model-level checks name their own paths
+        else:
+            problems.append(f"{_path(error['loc'])}: {message}")
+    return problems

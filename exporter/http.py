@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Awaitable, Callable
 
 from exporter import __version__
 from exporter.render import negotiate
@@ -33,12 +34,21 @@ def _when(timestamp: float | None) -> str:
 class ExporterApp:
     """Routes requests; a scrape only joins bytes the poller already rendered."""
 
-    def __init__(self, store: Store, telemetry_path: str = "/metrics") -> None:
+    def __init__(self, store: Store, telemetry_path: str = "/metrics",
+                 reload: Callable[[], Awaitable[tuple[bool, str]]] | None = None) -> None:
         self.store = store
         self.telemetry_path = telemetry_path
+        self.reload = reload
 
     async def __call__(self, request: Request) -> Response:
         """Answer one request."""
+        if request.path == "/-/reload":
+            if request.method not in ("POST", "PUT"):
+                return Response(405, b"use POST\n", headers=[("Allow", "POST, PUT")])
+            if self.reload is None:
+                return Response(404, b"reload is not available\n")
+            ok, message = await self.reload()
+            return Response(200 if ok else 500, (message + "\n").encode())
         if request.method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed\n", headers=[("Allow", "GET, HEAD")])
         if request.path == self.telemetry_path:

@@ -38,7 +38,11 @@ CACHE_NOTE = " Served from the exporter's cache of the latest poll, not fetched 
 class ExporterView:
     """What the exporter-level metrics read."""
 
-    connections: int
+    connections: int = 0
+    reload_ok: bool = True
+    reload_time: float | None = None
+    shard: int = 0
+    total_shards: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,7 @@ class ConnectionView:
     up: bool
     data: Connection | None
     polls: int
+    retries: int
     failures: Mapping[str, int]
     last_success: float | None
     last_failure: float | None
@@ -209,8 +214,21 @@ EXPORTER_METRICS: tuple[MetricSpec[ExporterView], ...] = (
                "exporter", ("version", "python_version"),
                info(lambda _: __version__, lambda _: platform.python_version())),
     MetricSpec("reflexdb_exporter_connections", "gauge",
-               "Connections this exporter is configured to poll.",
+               "Connections this exporter polls (its shard's share of the config).",
                "exporter", (), value(lambda v: v.connections)),
+    MetricSpec("reflexdb_exporter_config_last_reload_successful", "gauge",
+               "1 if the latest config (re)load succeeded, 0 if it was refused and the "
+               "previous config still runs.",
+               "exporter", (), value(lambda v: v.reload_ok)),
+    MetricSpec("reflexdb_exporter_config_last_reload_success_timestamp_seconds", "gauge",
+               "Unix time of the latest successful config load.",
+               "exporter", (), value(lambda v: v.reload_time)),
+    MetricSpec("reflexdb_exporter_shard_ordinal", "gauge",
+               "Which shard of the connections this replica polls (--shard).",
+               "exporter", (), value(lambda v: v.shard)),
+    MetricSpec("reflexdb_exporter_total_shards", "gauge",
+               "How many replicas share the connections (--total-shards).",
+               "exporter", (), value(lambda v: v.total_shards)),
 )
 
 CONNECTION_METRICS: tuple[MetricSpec[ConnectionView], ...] = (
@@ -250,6 +268,9 @@ CONNECTION_METRICS: tuple[MetricSpec[ConnectionView], ...] = (
     MetricSpec("reflexdb_connection_polls_total", "counter",
                "Polls of the connection attempted.",
                "connection", (), value(lambda v: v.polls)),
+    MetricSpec("reflexdb_connection_poll_retries_total", "counter",
+               "Requests repeated within a poll after a server error or connection error.",
+               "connection", (), value(lambda v: v.retries)),
     MetricSpec("reflexdb_connection_poll_failures_total", "counter",
                "Failed polls of the connection, by reason.",
                "connection", ("reason",),

@@ -51,6 +51,10 @@ class Poller:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(random.uniform(0, min(self.interval, FIRST_POLL_SPREAD)))  # noqa: S311 - jitter, not crypto
         while True:
+            state = self.store.states.get(connection_id)
+            if state is not None and state.not_before is not None:
+                # The API said when to come back (Retry-After); not one request before then.
+                await asyncio.sleep(max(0.0, state.not_before - time.time()))
             started = loop.time()
             await self.poll(connection_id)
             jitter = random.uniform(-JITTER, JITTER) * self.interval  # noqa: S311 - jitter
@@ -62,31 +66,35 @@ class Poller:
             started = time.monotonic()
             try:
                 token = self.tokens[connection_id].get()
-                data = await self.client.get_connection(connection_id, token)
+                data, retries = await self.client.get_connection(connection_id, token)
             except PollFailure as failure:
-                self._failed(connection_id, failure.reason, failure.detail, started)
+                self._failed(connection_id, failure, started)
             except TokenError as exc:
-                self._failed(connection_id, "unauthorized", str(exc), started)
+                self._failed(connection_id, PollFailure("unauthorized", str(exc)), started)
             except Exception as exc:  # a bug here must fail this connection only
                 log.exception("unexpected error while polling", extra={
                     "connection_id": connection_id})
-                self._failed(connection_id, "invalid_response", type(exc).__name__, started)
+                self._failed(connection_id, PollFailure("invalid_response", type(exc).__name__),
+                             started)
             else:
                 duration = time.monotonic() - started
-                was_up = self._state_up(connection_id)
-                self.store.success(connection_id, data, duration)
+                state = self.store.states.get(connection_id)
+                was_up = state is not None and state.up
+                self.store.success(connection_id, data, duration, retries)
                 log.log(logging.DEBUG if was_up else logging.INFO, "poll succeeded", extra={
                     "connection_id": connection_id, "databases": len(data.databases),
-                    "invalid_databases": data.invalid_databases,
+                    "invalid_databases": data.invalid_databases, "retries": retries,
                     "duration_seconds": round(duration, 3)})
 
-    def _state_up(self, connection_id: str) -> bool:
+    def _failed(self, connection_id: str, failure: PollFailure, started: float) -> None:
         state = self.store.states.get(connection_id)
-        return state is not None and state.up
-
-    def _failed(self, connection_id: str, reason: str, detail: str, started: float) -> None:
-        state = self.store.states.get(connection_id)
-        repeated = state is not None and not state.up and state.last_failure_reason == reason
-        self.store.failure(connection_id, reason, time.monotonic() - started)
+        repeated = (state is not None and not state.up
+                    and state.last_failure_reason == failure.reason)
+        self.store.failure(connection_id, failure.reason, time.monotonic() - started,
+                           failure.retries)
+        if state is not None:
+            state.not_before = (None if failure.retry_after is None
+                                else time.time() + failure.retry_after)
         log.log(logging.DEBUG if repeated else logging.WARNING, "poll failed", extra={
-            "connection_id": connection_id, "reason": reason, "detail": detail})
+            "connection_id": connection_id, "reason": failure.reason, "detail": failure.detail,
+            "retries": failure.retries, "retry_after_seconds": failure.retry_after})

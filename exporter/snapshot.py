@@ -7,6 +7,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 
 from exporter.metrics import (
     CONNECTION_METRICS,
@@ -35,6 +36,8 @@ class ConnectionState:
         self.polled = False
         self.up = False
         self.polls = 0
+        self.retries = 0
+        self.not_before: float | None = None  # no request before this (Retry-After)
         self.failures: Counter[str] = Counter()
         self.last_success: float | None = None
         self.last_failure: float | None = None
@@ -48,10 +51,12 @@ class ConnectionState:
         self.database_chunks: tuple[bytes, ...] | None = None
         self._render_connection()
 
-    def record_success(self, data: Connection, now: float, duration: float) -> None:
+    def record_success(self, data: Connection, now: float, duration: float,
+                       retries: int) -> None:
         """Replace the snapshot whole with a good answer."""
-        self._count_poll(now, duration)
+        self._count_poll(duration, retries)
         self.up = True
+        self.not_before = None
         self.last_success = now
         self.stale_at = None
         self.data = data
@@ -60,10 +65,10 @@ class ConnectionState:
         self._render_connection()
         self._render_databases(now)
 
-    def record_failure(self, reason: str, now: float, duration: float,
+    def record_failure(self, reason: str, now: float, duration: float, retries: int,
                        stale_after: float) -> None:
         """Mark the connection down; its database series stay until they are stale."""
-        self._count_poll(now, duration)
+        self._count_poll(duration, retries)
         self.up = False
         self.failures[reason] += 1
         self.last_failure = now
@@ -82,9 +87,10 @@ class ConnectionState:
                  extra={"connection_id": self.id})
         return True
 
-    def _count_poll(self, now: float, duration: float) -> None:
+    def _count_poll(self, duration: float, retries: int) -> None:
         self.polled = True
         self.polls += 1
+        self.retries += retries
         self.poll_duration = duration
 
     def _track_statuses(self, data: Connection, now: float) -> None:
@@ -111,7 +117,8 @@ class ConnectionState:
 
     def _render_connection(self) -> None:
         view = ConnectionView(
-            up=self.up, data=self.data, polls=self.polls, failures=self.failures,
+            up=self.up, data=self.data, polls=self.polls, retries=self.retries,
+            failures=self.failures,
             last_success=self.last_success, last_failure=self.last_failure,
             poll_duration=self.poll_duration,
         )
@@ -136,6 +143,7 @@ class Store:
 
     def __init__(self, connection_ids: Iterable[str], stale_after: float) -> None:
         self.stale_after = stale_after
+        self.exporter = ExporterView()
         self.states: dict[str, ConnectionState] = {}
         self._generation = 0
         self._bodies: dict[bool, tuple[int, bytes]] = {}
@@ -146,6 +154,11 @@ class Store:
         """Keep the states of connections still listed, add new ones, drop the rest."""
         self.states = {cid: self.states.get(cid) or ConnectionState(cid)
                        for cid in connection_ids}
+        self.set_exporter(replace(self.exporter, connections=len(self.states)))
+
+    def set_exporter(self, view: ExporterView) -> None:
+        """Replace what the exporter-level metrics say."""
+        self.exporter = view
         self._changed()
 
     @property
@@ -153,16 +166,18 @@ class Store:
         """Whether every connection has been polled at least once."""
         return all(state.polled for state in self.states.values())
 
-    def success(self, connection_id: str, data: Connection, duration: float) -> None:
+    def success(self, connection_id: str, data: Connection, duration: float,
+                retries: int = 0) -> None:
         """Record a good answer for a connection."""
         if state := self.states.get(connection_id):
-            state.record_success(data, time.time(), duration)
+            state.record_success(data, time.time(), duration, retries)
             self._changed()
 
-    def failure(self, connection_id: str, reason: str, duration: float) -> None:
+    def failure(self, connection_id: str, reason: str, duration: float,
+                retries: int = 0) -> None:
         """Record a failed poll of a connection."""
         if state := self.states.get(connection_id):
-            state.record_failure(reason, time.time(), duration, self.stale_after)
+            state.record_failure(reason, time.time(), duration, retries, self.stale_after)
             self._changed()
 
     def body(self, fmt: Format) -> bytes:
@@ -200,7 +215,7 @@ class Store:
     def _assemble(self, fmt: Format) -> bytes:
         states = list(self.states.values())
         out: list[bytes] = []
-        exporter = ExporterView(connections=len(states))
+        exporter = self.exporter
         for exporter_spec in EXPORTER_METRICS:
             out.append(fmt.header(exporter_spec).encode())
             out.append(sample_lines(exporter_spec, "", exporter).encode())

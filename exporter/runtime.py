@@ -1,0 +1,184 @@
+"""The running exporter: wires store, client, poller and server; reloads and shuts down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from exporter.client import ApiClient, tls_verification
+from exporter.config import RATE_LIMIT_WARNING_SECONDS, Config, ConfigError, parse_config
+from exporter.http import ExporterApp
+from exporter.poller import Poller
+from exporter.server import Handler, parse_listen_address, serve
+from exporter.sharding import owned
+from exporter.snapshot import Store
+from exporter.tokens import TokenError, TokenSource
+from exporter.webconfig import WebConfig, protect, server_ssl_context
+
+log = logging.getLogger("exporter")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line decides; unlike the config file, it does not change on reload."""
+
+    listen_address: str
+    telemetry_path: str = "/metrics"
+    config_file: Path | None = None
+    web: WebConfig | None = None
+    shard: int = 0
+    total_shards: int = 1
+    warn_short_interval: bool = True
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the config file; ConfigError names every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError([f"--config.file: cannot read {path}: {reason}"]) from None
+    return parse_config(text)
+
+
+def token_sources(config: Config, connection_ids: list[str]) -> dict[str, TokenSource]:
+    """A token source per polled connection, shared where connections share a token file.
+
+    Reads every token once, so a missing one fails now rather than at the first poll.
+    """
+    default = TokenSource(config.api.token_file)
+    by_path: dict[Path, TokenSource] = {}
+    files = {c.id: c.token_file for c in config.connections}
+    sources = {}
+    for connection_id in connection_ids:
+        path = files[connection_id]
+        sources[connection_id] = default if path is None else by_path.setdefault(
+            path, TokenSource(path))
+    for source in {id(s): s for s in sources.values()}.values():
+        source.get()
+    return sources
+
+
+class Runtime:
+    """One exporter process: serves continuously, polls under the current config."""
+
+    def __init__(self, options: Options, config: Config,
+                 sources: dict[str, TokenSource] | None = None) -> None:
+        self.options = options
+        self.config = config
+        self.store = Store(self._owned(config), config.stale_after)
+        self.store.set_exporter(replace(self.store.exporter, reload_time=time.time(),
+                                        shard=options.shard, total_shards=options.total_shards))
+        self._sources = sources
+        self._client: ApiClient | None = None
+        self._poller: Poller | None = None
+        self._server: asyncio.Server | None = None
+        self._reload_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+
+    def _owned(self, config: Config) -> list[str]:
+        return owned([c.id for c in config.connections], self.options.shard,
+                     self.options.total_shards)
+
+    async def start(self) -> int:
+        """Bind the listener and start polling; returns the bound port."""
+        handler: Handler = ExporterApp(self.store, self.options.telemetry_path,
+                                       reload=self.reload)
+        context: ssl.SSLContext | None = None
+        web = self.options.web
+        if web is not None:
+            if web.tls_server_config is not None:
+                context = server_ssl_context(web.tls_server_config)
+            handler = protect(handler, web)
+        host, port = parse_listen_address(self.options.listen_address)
+        self._server = await serve(handler, host, port, context)
+        bound = int(self._server.sockets[0].getsockname()[1])
+        self._apply(self.config, self._sources or token_sources(
+            self.config, self._owned(self.config)))
+        log.info("listening", extra={
+            "address": self.options.listen_address, "port": bound, "tls": context is not None,
+            "basic_auth": bool(web and web.basic_auth_users),
+            "telemetry_path": self.options.telemetry_path,
+            "connections": len(self.store.states), "shard": self.options.shard,
+            "total_shards": self.options.total_shards,
+            "poll_interval_seconds": self.config.poll_interval})
+        return bound
+
+    def _apply(self, config: Config, sources: dict[str, TokenSource]) -> None:
+        """Start polling under ``config``; the caller has stopped any previous poller."""
+        if config.api.insecure_skip_verify:
+            log.warning("TLS VERIFICATION OF THE API IS OFF (api.insecure_skip_verify): "
+                        "anyone on the network path can read the API token")
+        if self.options.warn_short_interval and config.poll_interval < RATE_LIMIT_WARNING_SECONDS:
+            log.warning("poll_interval is short enough to strain a real account's API rate "
+                        "limit", extra={"poll_interval_seconds": config.poll_interval})
+        self.config = config
+        self.store.stale_after = config.stale_after
+        self.store.set_connections(sources)
+        api = config.api
+        self._client = ApiClient(api.url, api.timeout, api.max_concurrency, retries=api.retries,
+                                 max_response_bytes=api.max_response_size,
+                                 verify=tls_verification(api.ca_file, api.insecure_skip_verify))
+        self._poller = Poller(self.store, self._client, sources, config.poll_interval,
+                              api.max_concurrency)
+        self._poller.start()
+
+    async def _stop_polling(self) -> None:
+        if self._poller is not None:
+            await self._poller.stop()
+        if self._client is not None:
+            await self._client.close()
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; a bad one is refused and the old config keeps running."""
+        async with self._reload_lock:
+            try:
+                if self.options.config_file is None:
+                    raise ConfigError(["--config.file: this exporter runs without a config file"])
+                config = load_config(self.options.config_file)
+                sources = token_sources(config, self._owned(config))
+            except (ConfigError, TokenError) as exc:
+                problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+                self.store.set_exporter(replace(self.store.exporter, reload_ok=False))
+                log.error("config reload refused; the previous config keeps running",
+                          extra={"problems": "; ".join(problems)})
+                return False, "\n".join(problems)
+            await self._stop_polling()
+            self._apply(config, sources)
+            self.store.set_exporter(replace(self.store.exporter, reload_ok=True,
+                                            reload_time=time.time()))
+            log.info("config reloaded", extra={"connections": len(self.store.states)})
+            return True, "config reloaded"
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+        def on_hup() -> None:
+            task = asyncio.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        await self._stop.wait()
+        log.info("shutting down")
+        await self.close()
+        return 0
+
+    async def close(self) -> None:
+        """Stop listening, cancel in-flight polls, close connections."""
+        if self._server is not None:
+            self._server.close()
+        await self._stop_polling()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)

@@ -1,0 +1,153 @@
+"""``--web.config.file`` in Prometheus exporter-toolkit's format: TLS and basic auth."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import ssl
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+import bcrypt
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from exporter.config import ConfigError, validation_problems
+from exporter.server import Handler, Request, Response
+
+TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
+                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+# exporter-toolkit's client_auth_type values Python's ssl module can honour.
+CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+               "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+REALM = 'Basic realm="reflexdb-exporter", charset="UTF-8"'
+# Successful logins are remembered so a scrape does not pay bcrypt's cost every time.
+AUTH_CACHE_SIZE = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSServerConfig(_Strict):
+    """The ``tls_server_config`` block."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_auth_type: Literal["NoClientCert", "VerifyClientCertIfGiven",
+                              "RequireAndVerifyClientCert"] | None = None
+    min_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS12"
+    max_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS13"
+
+
+class HTTPServerConfig(_Strict):
+    """The ``http_server_config`` block; only extra response headers apply here."""
+
+    headers: dict[str, str] = Field(default_factory=dict)
+    http2: bool = True  # accepted for compatibility; this server speaks HTTP/1.1
+
+
+class WebConfig(_Strict):
+    """The whole web configuration file."""
+
+    tls_server_config: TLSServerConfig | None = None
+    http_server_config: HTTPServerConfig = HTTPServerConfig()
+    basic_auth_users: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _bcrypt_hashes(cls, users: dict[str, str]) -> dict[str, str]:
+        for user, hashed in users.items():
+            if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
+                raise ValueError(f"password of {user!r} is not a bcrypt hash")
+        return users
+
+
+def parse_web_config(text: str) -> WebConfig:
+    """Validate web config text; ConfigError names every bad key by its path."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        raise ConfigError(["(yaml): invalid YAML"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping of keys"])
+    try:
+        return WebConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from None
+
+
+def server_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
+    """An SSL context for serving, with client certificates checked as configured."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    context.maximum_version = TLS_VERSIONS[tls.max_version]
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    auth = tls.client_auth_type or (
+        "RequireAndVerifyClientCert" if tls.client_ca_file else "NoClientCert")
+    context.verify_mode = CLIENT_AUTH[auth]
+    if tls.client_ca_file:
+        context.load_verify_locations(cafile=str(tls.client_ca_file))
+    return context
+
+
+class BasicAuth:
+    """Checks ``Authorization: Basic`` against bcrypt hashes, off the event loop."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = {user: hashed.encode() for user, hashed in users.items()}
+        # Unknown users are checked against a hash of the same cost, so timing reveals nothing.
+        cost = next(iter(self._users.values()))[4:6] if self._users else b"10"
+        self._dummy = bcrypt.hashpw(b"unknown user", bcrypt.gensalt(int(cost)))
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
+
+    async def allowed(self, header: str | None) -> bool:
+        """Whether the header carries a known user's right password."""
+        credentials = _decode(header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        hashed = self._users.get(user)
+        key = hashlib.sha256(b"\0".join((user.encode(), password, hashed or b""))).digest()
+        if hashed is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return True
+        ok = await asyncio.to_thread(bcrypt.checkpw, password, hashed or self._dummy)
+        if ok and hashed is not None:
+            self._cache[key] = None
+            while len(self._cache) > AUTH_CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return True
+        return False
+
+
+def _decode(header: str | None) -> tuple[str, bytes] | None:
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
+        return (user.decode(), password) if sep else None
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def protect(handler: Handler, web: WebConfig) -> Handler:
+    """Wrap a handler with basic auth and the configured extra headers."""
+    auth = BasicAuth(web.basic_auth_users) if web.basic_auth_users else None
+    extra = list(web.http_server_config.headers.items())
+
+    async def guarded(request: Request) -> Response:
+        if auth is not None and not await auth.allowed(request.headers.get("authorization")):
+            response = Response(401, b"Unauthorized\n", headers=[("WWW-Authenticate", REALM)])
+        else:
+            response = await handler(request)
+        response.headers.extend(extra)
+        return response
+
+    return guarded
+
