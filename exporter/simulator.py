@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import signal
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -240,7 +241,7 @@ class SimulatorApp:
         if parts[:2] == ["v1", "connections"] and len(parts) == 3 and request.method == "GET":
             self.requests = [*self.requests[-1999:], {
                 "method": request.method, "path": request.path, "query": request.query,
-                "headers": request.headers}]
+                "headers": request.headers, "time": time.time()}]
             return await self._get_connection(parts[2], request)
         if parts[:1] == ["_sim"]:
             try:
@@ -350,10 +351,15 @@ async def _main(args: argparse.Namespace, token: str) -> None:
     fleet = Fleet(args.connections, args.databases, args.seed, token, churn=args.churn,
                   touch_all=args.touch_all)
     host, port = parse_listen_address(args.listen_address)
-    server = await serve(SimulatorApp(fleet), host, port)
+    context = None
+    if args.tls_cert_file:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert_file, args.tls_key_file)
+    server = await serve(SimulatorApp(fleet), host, port, context)
     bound = server.sockets[0].getsockname()
     shown = host or "127.0.0.1"
-    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound[1]}/v1"
+    scheme = "https" if context else "http"
+    url = f"{scheme}://{'[' + shown + ']' if ':' in shown else shown}:{bound[1]}/v1"
     if args.write_config:
         args.write_config.write_text(yaml.safe_dump(exporter_config(url, fleet), sort_keys=False))
     log.info("simulator listening", extra={"url": url, "connections": args.connections,
@@ -391,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{DEFAULT_TOKEN!r})")
     parser.add_argument("--write-config", type=Path, metavar="PATH",
                         help="write an exporter config for this fleet to PATH once listening")
+    parser.add_argument("--tls-cert-file", help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key-file", help="the certificate's private key")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=logs.LEVELS)
     args = parser.parse_args(argv)
     logs.setup(args.log_level, "logfmt")

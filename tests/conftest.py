@@ -125,7 +125,8 @@ class Simulator:
     """The simulator process and its control API."""
 
     def __init__(self, tmp: Path, token: str, *, connections: int = 3, databases: int = 4,
-                 seed: int = 11, static: bool = True, tick: str = "1s") -> None:
+                 seed: int = 11, static: bool = True, tick: str = "1s",
+                 extra_args: list[str] | None = None) -> None:
         self.token = token
         self.port = free_port()
         self.config_path = tmp / "sim-config.yaml"
@@ -135,11 +136,12 @@ class Simulator:
                 "--seed", str(seed), "--tick", tick, "--write-config", str(self.config_path)]
         if static:
             args.append("--static")
+        args.extend(extra_args or [])
         self.process = Process(args, tmp / "simulator.log", _env(REFLEXDB_SIMULATOR_TOKEN=token))
         wait_until(self.config_path.exists, what="the simulator to listen")
         self.config: dict[str, Any] = yaml.safe_load(self.config_path.read_text())
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.url = self.config["api"]["url"].removesuffix("/v1")
+        self.http = httpx.Client(base_url=self.url, timeout=10, verify=False)  # noqa: S501 - our own test server's control API
 
     @property
     def connection_ids(self) -> list[str]:
@@ -186,13 +188,13 @@ class Exporter:
     def __init__(self, tmp: Path, config: dict[str, Any], token: str | None,
                  extra_args: list[str] | None = None, wait_ready: bool = True) -> None:
         self.port = free_port()
-        self.config_path = tmp / "exporter-config.yaml"
+        self.config_path = tmp / f"exporter-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         args = [sys.executable, "-m", "exporter", "--config.file", str(self.config_path),
                 "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug",
                 *(extra_args or [])]
         env = _env(REFLEXDB_API_TOKEN=token) if token else _env()
-        self.process = Process(args, tmp / "exporter.log", env)
+        self.process = Process(args, tmp / f"exporter-{self.port}.log", env)
         self.url = f"http://127.0.0.1:{self.port}"
         self.http = httpx.Client(base_url=self.url, timeout=10)
         if wait_ready:
