@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -84,7 +85,7 @@ def test_retry_after_is_honoured(simulator: Simulator, exporter: Exporter, form:
                                         connection_id=connection_id.lower()) == 1,
                       timeout=20, what="polling to resume after Retry-After")
     times = [float(str(r["time"])) for r in _requests_for(simulator, connection_id)]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert max(gaps) >= wait - 0.2, gaps  # the pause happened…
     assert sorted(gaps)[-2] < 1.5, gaps  # …and only once: polling is otherwise every 0.5s
 
