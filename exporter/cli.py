@@ -7,6 +7,7 @@ import asyncio
 import logging
 import platform
 import secrets
+import ssl
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from exporter.runtime import Options, Runtime, load_config
 from exporter.server import parse_listen_address, serve
 from exporter.simulator import Fleet, SimulatorApp, exporter_config, run_fleet
 from exporter.tokens import TOKEN_ENV, TokenError, TokenSource
-from exporter.webconfig import WebConfig, parse_web_config
+from exporter.webconfig import TLSServerConfig, WebConfig, parse_web_config, server_ssl_context
 
 log = logging.getLogger("exporter")
 
@@ -73,6 +74,15 @@ def _web_config(path: Path | None) -> WebConfig | None:
     return parse_web_config(text)
 
 
+def _tls_context(tls: TLSServerConfig, base: Path) -> ssl.SSLContext:
+    try:
+        return server_ssl_context(tls, base)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError([f"tls_server_config: cannot load the certificate or CA: {reason}"]
+                          ) from None
+
+
 async def _serve(runtime: Runtime, demo: bool = False) -> int:
     try:
         port = await runtime.start()
@@ -119,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("invalid flags", ["--shard: must be from 0 to --total-shards minus 1"])
     try:
         web = _web_config(args.web_config_file)
+        tls = None
+        if web is not None and web.tls_server_config is not None:
+            tls = _tls_context(web.tls_server_config, args.web_config_file.parent)
     except ConfigError as exc:
         return _fail(f"{args.web_config_file}: invalid web config", exc.problems)
     options = Options(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
                       config_file=None if args.demo else args.config_file, web=web,
+                      tls=tls,
                       shard=args.shard, total_shards=args.total_shards,
                       warn_short_interval=not args.demo)
     if args.demo:

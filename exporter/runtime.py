@@ -19,7 +19,7 @@ from exporter.server import Handler, parse_listen_address, serve
 from exporter.sharding import owned
 from exporter.snapshot import Store
 from exporter.tokens import TokenError, TokenSource
-from exporter.webconfig import WebConfig, protect, server_ssl_context
+from exporter.webconfig import WebConfig, protect
 
 log = logging.getLogger("exporter")
 
@@ -32,6 +32,7 @@ class Options:
     telemetry_path: str = "/metrics"
     config_file: Path | None = None
     web: WebConfig | None = None
+    tls: ssl.SSLContext | None = None
     shard: int = 0
     total_shards: int = 1
     warn_short_interval: bool = True
@@ -90,11 +91,9 @@ class Runtime:
         """Bind the listener and start polling; returns the bound port."""
         handler: Handler = ExporterApp(self.store, self.options.telemetry_path,
                                        reload=self.reload)
-        context: ssl.SSLContext | None = None
+        context = self.options.tls
         web = self.options.web
         if web is not None:
-            if web.tls_server_config is not None:
-                context = server_ssl_context(web.tls_server_config)
             handler = protect(handler, web)
         host, port = parse_listen_address(self.options.listen_address)
         self._server = await serve(handler, host, port, context)

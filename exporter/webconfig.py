@@ -9,11 +9,11 @@ import hashlib
 import ssl
 from collections import OrderedDict
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import bcrypt
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from exporter.config import ConfigError, validation_problems
 from exporter.server import Handler, Request, Response
@@ -26,6 +26,15 @@ CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CER
 REALM = 'Basic realm="reflexdb-exporter", charset="UTF-8"'
 # Successful logins are remembered so a scrape does not pay bcrypt's cost every time.
 AUTH_CACHE_SIZE = 256
+
+
+def _bcrypt_hash(value: str) -> str:
+    if not value.startswith(("$2a$", "$2b$", "$2y$")) or len(value) != 60:
+        raise ValueError("not a bcrypt hash")
+    return value
+
+
+BcryptHash = Annotated[str, AfterValidator(_bcrypt_hash)]
 
 
 class _Strict(BaseModel):
@@ -56,15 +65,7 @@ class WebConfig(_Strict):
 
     tls_server_config: TLSServerConfig | None = None
     http_server_config: HTTPServerConfig = HTTPServerConfig()
-    basic_auth_users: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("basic_auth_users")
-    @classmethod
-    def _bcrypt_hashes(cls, users: dict[str, str]) -> dict[str, str]:
-        for user, hashed in users.items():
-            if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
-                raise ValueError(f"password of {user!r} is not a bcrypt hash")
-        return users
+    basic_auth_users: dict[str, BcryptHash] = Field(default_factory=dict)
 
 
 def parse_web_config(text: str) -> WebConfig:
@@ -81,17 +82,21 @@ def parse_web_config(text: str) -> WebConfig:
         raise ConfigError(validation_problems(exc)) from None
 
 
-def server_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
-    """An SSL context for serving, with client certificates checked as configured."""
+def server_ssl_context(tls: TLSServerConfig, base: Path) -> ssl.SSLContext:
+    """An SSL context for serving, with client certificates checked as configured.
+
+    Relative paths are taken from ``base``, the web config file's directory, as the
+    exporter-toolkit does.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = TLS_VERSIONS[tls.min_version]
     context.maximum_version = TLS_VERSIONS[tls.max_version]
-    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    context.load_cert_chain(str(base / tls.cert_file), str(base / tls.key_file))
     auth = tls.client_auth_type or (
         "RequireAndVerifyClientCert" if tls.client_ca_file else "NoClientCert")
     context.verify_mode = CLIENT_AUTH[auth]
     if tls.client_ca_file:
-        context.load_verify_locations(cafile=str(tls.client_ca_file))
+        context.load_verify_locations(cafile=str(base / tls.client_ca_file))
     return context
 
 

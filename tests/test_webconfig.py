@@ -1,0 +1,187 @@
+"""--web.config.file: TLS, mutual TLS and basic auth with real HTTPS clients."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import httpx
+import pytest
+import yaml
+
+from exporter import webconfig
+from tests.certs import Certs, make_certs
+from tests.conftest import ROOT, Exporter, Simulator, exporter_config, wait_until
+
+PASSWORD = "s3cret-pass"  # noqa: S105 - a throwaway password for the test server
+
+
+def _web_config(tmp: Path, certs: Certs, **tls: str) -> Path:
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
+    path = tmp / "web.yml"
+    path.write_text(yaml.safe_dump({
+        "tls_server_config": {"cert_file": str(certs.server_cert),
+                              "key_file": str(certs.server_key), **tls},
+        "basic_auth_users": {"prometheus": hashed},
+        "http_server_config": {"headers": {"X-Frame-Options": "deny"}},
+    }))
+    return path
+
+
+def _start_https(simulator: Simulator, start: Callable[..., Exporter], web: Path,
+                 ) -> Exporter:
+    exporter = start(exporter_config(simulator), wait_ready=False,
+                     extra_args=["--web.config.file", str(web)])
+    exporter.url = f"https://127.0.0.1:{exporter.port}"
+    return exporter
+
+
+@pytest.mark.e2e
+def test_tls_and_basic_auth_with_a_real_client(
+        simulator: Simulator, start_exporter: Callable[..., Exporter], tmp_path: Path) -> None:
+    """Right credentials over verified TLS get metrics; missing or wrong ones get 401 Basic."""
+    certs = make_certs(tmp_path / "pki")
+    exporter = _start_https(simulator, start_exporter, _web_config(tmp_path, certs))
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(certs.ca)),
+                      timeout=10) as client:
+        url = f"{exporter.url}/metrics"
+        good = wait_until(lambda: client.get(url, auth=("prometheus", PASSWORD)),
+                          what="HTTPS metrics")
+        assert good.status_code == 200
+        assert "reflexdb_exporter_build_info" in good.text
+        assert good.headers["x-frame-options"] == "deny"
+        for auth in (None, ("prometheus", "wrong"), ("nobody", PASSWORD), ("", "")):
+            denied = client.get(url, auth=auth)
+            assert denied.status_code == 401, auth
+            assert denied.headers["www-authenticate"].startswith("Basic ")
+            assert "reflexdb_" not in denied.text
+        assert client.get(f"{exporter.url}/", auth=("prometheus", "x")).status_code == 401
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{exporter.port}/metrics", timeout=5).raise_for_status()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{exporter.url}/metrics", timeout=5)  # our CA is not in the system store
+
+
+@pytest.mark.e2e
+def test_idle_connections_do_not_stall_scrapes(
+        simulator: Simulator, start_exporter: Callable[..., Exporter], tmp_path: Path) -> None:
+    """Clients that connect and never send a ClientHello do not delay anyone else's scrape."""
+    certs = make_certs(tmp_path / "pki")
+    exporter = _start_https(simulator, start_exporter, _web_config(tmp_path, certs))
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    with httpx.Client(verify=context, timeout=10, auth=("prometheus", PASSWORD)) as client:
+        wait_until(lambda: client.get(f"{exporter.url}/-/healthy").status_code == 200)
+    idle = [socket.create_connection(("127.0.0.1", exporter.port)) for _ in range(5)]
+    try:
+        time.sleep(0.5)
+        for _ in range(3):
+            started = time.monotonic()
+            with httpx.Client(verify=context, timeout=5, auth=("prometheus", PASSWORD)) as fresh:
+                assert fresh.get(f"{exporter.url}/metrics").status_code == 200
+            assert time.monotonic() - started < 3
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.e2e
+def test_mutual_tls_requires_a_client_certificate(
+        simulator: Simulator, start_exporter: Callable[..., Exporter], tmp_path: Path) -> None:
+    """With client_ca_file a client without a certificate is refused and one with it served."""
+    certs = make_certs(tmp_path / "pki")
+    web = _web_config(tmp_path, certs, client_ca_file=str(certs.ca),
+                      client_auth_type="RequireAndVerifyClientCert")
+    exporter = _start_https(simulator, start_exporter, web)
+    with_cert = ssl.create_default_context(cafile=str(certs.ca))
+    with_cert.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+    with httpx.Client(verify=with_cert, timeout=10, auth=("prometheus", PASSWORD)) as client:
+        response = wait_until(lambda: client.get(f"{exporter.url}/metrics"), what="mTLS scrape")
+        assert response.status_code == 200
+    without = ssl.create_default_context(cafile=str(certs.ca))
+    with pytest.raises(httpx.HTTPError), httpx.Client(verify=without, timeout=5) as client:
+        client.get(f"{exporter.url}/metrics", auth=("prometheus", PASSWORD))
+
+
+def test_example_web_config_passes_promtool(tmp_path: Path) -> None:
+    """promtool check web-config accepts the shipped example, certificates in place."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
+    make_certs(tmp_path / "tls")  # writes tls/server.crt and tls/server.key, as the example names
+    shutil.copy(ROOT / "examples" / "web-config.yml", tmp_path / "web-config.yml")
+    result = subprocess.run([promtool, "check", "web-config", str(tmp_path / "web-config.yml")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    parsed = webconfig.parse_web_config((ROOT / "examples" / "web-config.yml").read_text())
+    assert parsed.basic_auth_users
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("basic_auth_users:\n  u: plain-text\n", "basic_auth_users.u: not a bcrypt hash"),
+    ("tls_server_config:\n  cert_file: a\n", "tls_server_config.key_file: required key"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequestClientCert\n",
+     "tls_server_config.client_auth_type: "),
+    ("bogus: 1\n", "bogus: unknown key"),
+])
+def test_bad_web_config_names_the_key(tmp_path: Path, text: str, problem: str) -> None:
+    """A bad --web.config.file exits 1 naming the key by its path, with no traceback."""
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    config = tmp_path / "config.yaml"
+    config.write_text("connections:\n  - id: 2489E9AD-2EE2-8E00-8EC9-32D5F69181C0\n")
+    result = subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file",
+                             str(config), "--web.config.file", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert result.returncode == 1
+    assert problem in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_certificate_is_a_clear_error(tmp_path: Path) -> None:
+    """A TLS certificate that cannot be read stops startup with a message, not a traceback."""
+    path = tmp_path / "web.yml"
+    path.write_text("tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n")
+    config = tmp_path / "config.yaml"
+    config.write_text("connections:\n  - id: 2489E9AD-2EE2-8E00-8EC9-32D5F69181C0\n")
+    result = subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file",
+                             str(config), "--web.config.file", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert result.returncode == 1
+    assert "tls_server_config: cannot load the certificate" in result.stderr
+
+
+def test_unknown_users_cost_one_bcrypt_check_of_the_same_cost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown user is checked against a hash of the known users' cost; a hit is cached."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(11)).decode()
+    auth = webconfig.BasicAuth({"alice": hashed})
+    seen: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def spy(password: bytes, stored: bytes) -> Any:
+        seen.append(stored)
+        return real(password, stored)
+
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw", spy)
+
+    def header(user: str, password: str) -> str:
+        import base64  # noqa: PLC0415
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    assert not asyncio.run(auth.allowed(header("mallory", "pw")))
+    assert len(seen) == 1
+    assert seen[0][:7] == hashed.encode()[:7]  # $2b$11$: the same algorithm and cost
+    assert not asyncio.run(auth.allowed(header("alice", "wrong")))
+    assert asyncio.run(auth.allowed(header("alice", "pw")))
+    assert asyncio.run(auth.allowed(header("alice", "pw")))
+    assert len(seen) == 3  # the second good login came from the cache
+    assert not asyncio.run(auth.allowed("Bearer abc"))
+    assert not asyncio.run(auth.allowed("Basic !!!"))
