@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -27,6 +28,7 @@ RATE_LIMIT_WARNING_SECONDS = 15.0
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
 _UNIT_BYTES = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024,
                "MiB": 1024**2, "GiB": 1024**3}
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -142,12 +144,14 @@ def _path(loc: tuple[int | str, ...]) -> str:
     """Render a pydantic error location as ``connections[2].id``."""
     text = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             text += f"[{part}]"
-        elif part.startswith(("function-", "constrained-")):
+        elif str(part).startswith(("function-", "constrained-")):
             continue
+        elif _KEY.fullmatch(str(part)):
+            text += f".{part}" if text else str(part)
         else:
-            text += f".{part}" if text else part
+            text += f"[{json.dumps(str(part), ensure_ascii=False)}]"  # an odd key, quoted
     return text or "(top level)"
 
 

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 GZIP_LEVEL = 1
 
 
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes; a lone surrogate (JSON allows ``"\\ud800"``) becomes ``?``."""
+    return text.encode("utf-8", "replace")
+
+
 class ConnectionState:
     """What the exporter knows of one connection, and its series rendered as bytes."""
 
@@ -123,7 +128,7 @@ class ConnectionState:
             poll_duration=self.poll_duration,
         )
         self.connection_chunks = tuple(
-            sample_lines(spec, self.identity, view).encode() for spec in CONNECTION_METRICS
+            _utf8(sample_lines(spec, self.identity, view)) for spec in CONNECTION_METRICS
         )
 
     def _render_databases(self, now: float) -> None:
@@ -135,7 +140,7 @@ class ConnectionState:
             view = DatabaseView(db=db, status_since=self.status_since[db.id][1], now=now)
             for part, spec in zip(parts, DATABASE_METRICS, strict=True):
                 part.append(sample_lines(spec, identity, view))
-        self.database_chunks = tuple("".join(part).encode() for part in parts)
+        self.database_chunks = tuple(_utf8("".join(part)) for part in parts)
 
 
 class Store:
