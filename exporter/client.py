@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import ssl
 import time
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -22,6 +24,16 @@ RETRY_BASE_SECONDS = 0.5
 # A Retry-After longer than this is taken as this, so one odd header cannot stop polling.
 MAX_RETRY_AFTER_SECONDS = 3600.0
 RETRIED_REASONS = frozenset({"server_error", "connect_error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A good answer: the connection (None when byte-identical to the previous answer),
+    the body's digest, and the retries it took."""
+
+    connection: Connection | None
+    digest: bytes
+    retries: int = 0
 
 
 class PollFailure(Exception):
@@ -108,16 +120,19 @@ class ApiClient:
         """Close pooled connections."""
         await self._http.aclose()
 
-    async def get_connection(self, connection_id: str, token: str) -> tuple[Connection, int]:
+    async def get_connection(self, connection_id: str, token: str,
+                             previous: bytes | None = None) -> Answer:
         """GET /connections/{id} and parse it, retrying 5xx and connection errors a few times.
 
-        Returns the connection and how many retries it took. Raises PollFailure, whose
-        ``retries`` says the same; 401, 403, 404, 429 and bad answers are never retried.
+        An answer whose digest equals ``previous`` is not parsed again. Raises PollFailure,
+        whose ``retries`` says how many retries it took; 401, 403, 404, 429 and bad answers
+        are never retried.
         """
         attempt = 0
         while True:
             try:
-                return await self._attempt(connection_id, token), attempt
+                answer = await self._attempt(connection_id, token, previous)
+                return replace(answer, retries=attempt)
             except PollFailure as failure:
                 if (failure.reason not in RETRIED_REASONS or failure.retry_after is not None
                         or attempt >= self.retries):
@@ -127,7 +142,7 @@ class ApiClient:
             backoff = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
             await asyncio.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not crypto
 
-    async def _attempt(self, connection_id: str, token: str) -> Connection:
+    async def _attempt(self, connection_id: str, token: str, previous: bytes | None) -> Answer:
         url = f"{self.base_url}/connections/{connection_id}"
         try:
             # httpx times each read separately; this bounds a slowly dripping answer too.
@@ -141,8 +156,11 @@ class ApiClient:
             retry_after = (parse_retry_after(headers.get("retry-after"), time.time())
                            if status in (429, 503) else None)
             raise PollFailure(_status_reason(status), _error_detail(status, body), retry_after)
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        if digest == previous:
+            return Answer(None, digest)
         try:
-            return parse_connection(json.loads(body))
+            return Answer(parse_connection(json.loads(body)), digest)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise PollFailure("invalid_response", "answer is not JSON") from None
         except InvalidResponse as exc:

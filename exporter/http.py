@@ -69,12 +69,9 @@ class ExporterApp:
         tail = fmt.process_metrics()
         headers = [("Vary", "Accept, Accept-Encoding")]
         if accepts_gzip(request.headers.get("accept-encoding")):
-            prefix, compressor = self.store.gzip_prefix(fmt)
-            finish = compressor.copy()
             headers.append(("Content-Encoding", "gzip"))
-            return Response(200, (prefix, finish.compress(tail) + finish.flush()),
-                            fmt.content_type, headers)
-        return Response(200, (self.store.body(fmt), tail), fmt.content_type, headers)
+            return Response(200, self.store.gzip(fmt, tail), fmt.content_type, headers)
+        return Response(200, [*self.store.parts(fmt), tail], fmt.content_type, headers)
 
     def landing(self) -> Response:
         """A page with the version, the metrics link and every connection's state."""

@@ -78,6 +78,9 @@ class MetricSpec(Generic[T]):
     scope: Scope
     labels: tuple[str, ...]
     samples: Callable[[T], Iterable[Sample]] = field(repr=False)
+    # True for series that change at every poll (timestamps, counters): they are kept apart
+    # so the rest of the output can stay cached, and compressed, between polls.
+    every_poll: bool = False
 
     @property
     def all_labels(self) -> tuple[str, ...]:
@@ -258,16 +261,16 @@ CONNECTION_METRICS: tuple[MetricSpec[ConnectionView], ...] = (
                "connection", ("sync_mode",), _sync_modes_allowed),
     MetricSpec("reflexdb_connection_last_success_timestamp_seconds", "gauge",
                "Unix time of the latest successful poll of the connection.",
-               "connection", (), value(lambda v: v.last_success)),
+               "connection", (), value(lambda v: v.last_success), every_poll=True),
     MetricSpec("reflexdb_connection_last_failure_timestamp_seconds", "gauge",
                "Unix time of the latest failed poll of the connection.",
-               "connection", (), value(lambda v: v.last_failure)),
+               "connection", (), value(lambda v: v.last_failure), every_poll=True),
     MetricSpec("reflexdb_connection_poll_duration_seconds", "gauge",
                "How long the latest poll of the connection took.",
-               "connection", (), value(lambda v: v.poll_duration)),
+               "connection", (), value(lambda v: v.poll_duration), every_poll=True),
     MetricSpec("reflexdb_connection_polls_total", "counter",
                "Polls of the connection attempted.",
-               "connection", (), value(lambda v: v.polls)),
+               "connection", (), value(lambda v: v.polls), every_poll=True),
     MetricSpec("reflexdb_connection_poll_retries_total", "counter",
                "Requests repeated within a poll after a server error or connection error.",
                "connection", (), value(lambda v: v.retries)),

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 
-from exporter.client import ApiClient, PollFailure
+from exporter.client import Answer, ApiClient, PollFailure
 from exporter.snapshot import Store
 from exporter.tokens import TokenError, TokenSource
 
@@ -66,7 +66,9 @@ class Poller:
             started = time.monotonic()
             try:
                 token = self.tokens[connection_id].get()
-                data, retries = await self.client.get_connection(connection_id, token)
+                state = self.store.states.get(connection_id)
+                previous = state.answer_digest if state is not None else None
+                answer = await self.client.get_connection(connection_id, token, previous)
             except PollFailure as failure:
                 self._failed(connection_id, failure, started)
             except TokenError as exc:
@@ -77,14 +79,24 @@ class Poller:
                 self._failed(connection_id, PollFailure("invalid_response", type(exc).__name__),
                              started)
             else:
-                duration = time.monotonic() - started
-                state = self.store.states.get(connection_id)
-                was_up = state is not None and state.up
-                self.store.success(connection_id, data, duration, retries)
-                log.log(logging.DEBUG if was_up else logging.INFO, "poll succeeded", extra={
-                    "connection_id": connection_id, "databases": len(data.databases),
-                    "invalid_databases": data.invalid_databases, "retries": retries,
-                    "duration_seconds": round(duration, 3)})
+                self._succeeded(connection_id, answer, time.monotonic() - started)
+
+    def _succeeded(self, connection_id: str, answer: Answer, duration: float) -> None:
+        state = self.store.states.get(connection_id)
+        if state is None:
+            return
+        was_up = state.up
+        if answer.connection is None:
+            self.store.unchanged(connection_id, duration, answer.retries)
+        else:
+            self.store.success(connection_id, answer.connection, duration, answer.retries)
+        state.answer_digest = answer.digest
+        data = state.data
+        assert data is not None
+        log.log(logging.DEBUG if was_up else logging.INFO, "poll succeeded", extra={
+            "connection_id": connection_id, "databases": len(data.databases),
+            "invalid_databases": data.invalid_databases, "retries": answer.retries,
+            "changed": answer.connection is not None, "duration_seconds": round(duration, 3)})
 
     def _failed(self, connection_id: str, failure: PollFailure, started: float) -> None:
         state = self.store.states.get(connection_id)

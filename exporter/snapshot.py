@@ -1,13 +1,31 @@
-"""Per-connection snapshots, rendered when a poll lands, and the scrape body built from them."""
+"""Per-connection snapshots rendered when a poll lands, and the scrape body built from them.
+
+The output is kept in three sections, each family grouped as the text formats require:
+
+- stable: the exporter's own families, the connection families that change only with the
+  API's answer, and every database family. Each family's lines are stored in blocks of
+  ``BLOCK`` connections; a block is re-joined, re-compressed and re-checksummed only when
+  a connection in it renders different bytes. A scrape concatenates stored blocks.
+- every-poll: timestamps and counters that move at each poll (a few short lines per
+  connection), rendered at scrape time when they changed.
+- tail: prometheus_client's process metrics, produced by the HTTP layer per scrape.
+
+A gzip answer is one valid gzip stream: the stable section's blocks were each compressed as
+raw deflate ending in a sync flush, so their bytes concatenate; the every-poll section and
+the tail are compressed fresh and close the stream; the CRC-32 of the whole is the cached CRC
+of the stable section continued over the fresh bytes.
+"""
 
 from __future__ import annotations
 
 import logging
+import struct
 import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from exporter.metrics import (
     CONNECTION_METRICS,
@@ -17,6 +35,7 @@ from exporter.metrics import (
     ConnectionView,
     DatabaseView,
     ExporterView,
+    MetricSpec,
 )
 from exporter.models import Connection
 from exporter.render import Format, label_block, sample_lines
@@ -25,11 +44,26 @@ log = logging.getLogger(__name__)
 
 # Level 1 keeps compression cheap; exposition text is so repetitive that it still shrinks ~10x.
 GZIP_LEVEL = 1
+# Connections per block: small enough that one poll re-compresses little, large enough that
+# each block compresses well and a scrape joins few pieces.
+BLOCK = 8
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+STABLE_CONNECTION = tuple(s for s in CONNECTION_METRICS if not s.every_poll)
+EVERY_POLL = tuple(s for s in CONNECTION_METRICS if s.every_poll)
+# The families of the stable section that come from connections, in output order.
+STABLE_FAMILIES: tuple[MetricSpec[Any], ...] = STABLE_CONNECTION + DATABASE_METRICS
 
 
 def _utf8(text: str) -> bytes:
     """UTF-8 bytes; a lone surrogate (JSON allows ``"\\ud800"``) becomes ``?``."""
     return text.encode("utf-8", "replace")
+
+
+def _deflate(data: bytes) -> bytes:
+    """Raw deflate ending in a sync flush, so the result can be followed by more deflate."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
 class ConnectionState:
@@ -49,12 +83,24 @@ class ConnectionState:
         self.last_failure_reason: str | None = None
         self.poll_duration: float | None = None
         self.data: Connection | None = None
+        self.answer_digest: bytes | None = None  # of the answer ``data`` was parsed from
         self.status_since: dict[str, tuple[str | None, float]] = {}
         self.last_errors: dict[str, str] = {}
         self.stale_at: float | None = None
         self.connection_chunks: tuple[bytes, ...] = ()
-        self.database_chunks: tuple[bytes, ...] | None = None
+        self.database_chunks: tuple[bytes, ...] = (b"",) * len(DATABASE_METRICS)
+        self.every_poll_chunks: tuple[bytes, ...] = ()
         self._render_connection()
+
+    @property
+    def stable_chunks(self) -> tuple[bytes, ...]:
+        """This connection's lines of each stable family, in STABLE_FAMILIES order."""
+        return self.connection_chunks + self.database_chunks
+
+    @property
+    def has_database_series(self) -> bool:
+        """Whether database series are being served for this connection."""
+        return any(self.database_chunks)
 
     def record_success(self, data: Connection, now: float, duration: float,
                        retries: int) -> None:
@@ -70,6 +116,19 @@ class ConnectionState:
         self._render_connection()
         self._render_databases(now)
 
+    def record_unchanged(self, now: float, duration: float, retries: int) -> None:
+        """A good answer byte-identical to the last: only time-dependent series move."""
+        assert self.data is not None
+        self._count_poll(duration, retries)
+        self.up = True
+        self.not_before = None
+        self.last_success = now
+        self.stale_at = None
+        self._render_connection()
+        if not self.has_database_series or any(
+                db.pause_schedule is not None for db in self.data.databases):
+            self._render_databases(now)  # pause windows follow the clock
+
     def record_failure(self, reason: str, now: float, duration: float, retries: int,
                        stale_after: float) -> None:
         """Mark the connection down; its database series stay until they are stale."""
@@ -78,7 +137,7 @@ class ConnectionState:
         self.failures[reason] += 1
         self.last_failure = now
         self.last_failure_reason = reason
-        if self.database_chunks is not None and self.last_success is not None:
+        if self.has_database_series and self.last_success is not None:
             self.stale_at = self.last_success + stale_after
         self._render_connection()
 
@@ -86,7 +145,7 @@ class ConnectionState:
         """Drop database series once stale; True if anything was dropped."""
         if self.stale_at is None or now < self.stale_at:
             return False
-        self.database_chunks = None
+        self.database_chunks = (b"",) * len(DATABASE_METRICS)
         self.stale_at = None
         log.info("connection data is stale; dropping its database series",
                  extra={"connection_id": self.id})
@@ -123,13 +182,13 @@ class ConnectionState:
     def _render_connection(self) -> None:
         view = ConnectionView(
             up=self.up, data=self.data, polls=self.polls, retries=self.retries,
-            failures=self.failures,
-            last_success=self.last_success, last_failure=self.last_failure,
-            poll_duration=self.poll_duration,
+            failures=self.failures, last_success=self.last_success,
+            last_failure=self.last_failure, poll_duration=self.poll_duration,
         )
         self.connection_chunks = tuple(
-            _utf8(sample_lines(spec, self.identity, view)) for spec in CONNECTION_METRICS
-        )
+            _utf8(sample_lines(spec, self.identity, view)) for spec in STABLE_CONNECTION)
+        self.every_poll_chunks = tuple(
+            _utf8(sample_lines(spec, self.identity, view)) for spec in EVERY_POLL)
 
     def _render_databases(self, now: float) -> None:
         assert self.data is not None
@@ -143,28 +202,62 @@ class ConnectionState:
         self.database_chunks = tuple(_utf8("".join(part)) for part in parts)
 
 
+@dataclass(slots=True)
+class _Block:
+    """One family's lines for up to BLOCK connections, with their deflate and CRC."""
+
+    plain: bytes = b""
+    deflated: bytes = b""
+    crc: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """The stable section, assembled for one format and one generation."""
+
+    generation: int
+    parts: list[bytes]
+    length: int
+    deflated: bytes | None = None
+    crc: int = 0
+
+
 class Store:
-    """Every connection's state, and the scrape body cached until something changes."""
+    """Every connection's state, and the scrape output built from stored bytes."""
 
     def __init__(self, connection_ids: Iterable[str], stale_after: float) -> None:
         self.stale_after = stale_after
         self.exporter = ExporterView()
         self.states: dict[str, ConnectionState] = {}
-        self._generation = 0
-        self._bodies: dict[bool, tuple[int, bytes]] = {}
-        self._gzip: dict[bool, tuple[int, bytes, zlib._Compress]] = {}
+        self._order: list[ConnectionState] = []
+        self._blocks: list[list[_Block]] = []  # [family][block]
+        self._stable_generation = 0
+        self._every_poll_generation = 0
+        self._sections: dict[bool, _Section] = {}
+        self._every_poll: dict[bool, tuple[int, bytes]] = {}
+        self._position: dict[str, int] = {}
+        self._headers: dict[bool, list[tuple[bytes, bytes]]] = {}
         self.set_connections(connection_ids)
+
+    # Recording what the poller learned.
 
     def set_connections(self, connection_ids: Iterable[str]) -> None:
         """Keep the states of connections still listed, add new ones, drop the rest."""
         self.states = {cid: self.states.get(cid) or ConnectionState(cid)
                        for cid in connection_ids}
+        self._order = list(self.states.values())
+        self._position = {state.id: index for index, state in enumerate(self._order)}
+        count = (len(self._order) + BLOCK - 1) // BLOCK
+        self._blocks = [[_Block() for _ in range(count)] for _ in STABLE_FAMILIES]
+        for index in range(count):
+            self._rebuild_block(index, range(len(STABLE_FAMILIES)))
+        self._every_poll_generation += 1
         self.set_exporter(replace(self.exporter, connections=len(self.states)))
 
     def set_exporter(self, view: ExporterView) -> None:
         """Replace what the exporter-level metrics say."""
         self.exporter = view
-        self._changed()
+        self._stable_generation += 1
 
     @property
     def ready(self) -> bool:
@@ -174,61 +267,122 @@ class Store:
     def success(self, connection_id: str, data: Connection, duration: float,
                 retries: int = 0) -> None:
         """Record a good answer for a connection."""
-        if state := self.states.get(connection_id):
-            state.record_success(data, time.time(), duration, retries)
-            self._changed()
+        self._update(connection_id, lambda s: s.record_success(data, time.time(), duration,
+                                                               retries))
+
+    def unchanged(self, connection_id: str, duration: float, retries: int = 0) -> None:
+        """Record a good answer identical to the connection's previous one."""
+        self._update(connection_id, lambda s: s.record_unchanged(time.time(), duration, retries))
 
     def failure(self, connection_id: str, reason: str, duration: float,
                 retries: int = 0) -> None:
         """Record a failed poll of a connection."""
-        if state := self.states.get(connection_id):
-            state.record_failure(reason, time.time(), duration, retries, self.stale_after)
-            self._changed()
+        self._update(connection_id, lambda s: s.record_failure(
+            reason, time.time(), duration, retries, self.stale_after))
 
-    def body(self, fmt: Format) -> bytes:
-        """The exposition of every connection, rebuilt only after a change."""
-        self._expire(time.time())
-        cached = self._bodies.get(fmt.openmetrics)
-        if cached is not None and cached[0] == self._generation:
-            return cached[1]
-        body = self._assemble(fmt)
-        self._bodies[fmt.openmetrics] = (self._generation, body)
-        return body
+    def _update(self, connection_id: str, change: Any) -> None:
+        state = self.states.get(connection_id)
+        if state is None:
+            return  # polled under a config that has since been reloaded away
+        before = state.stable_chunks
+        change(state)
+        self._every_poll_generation += 1
+        self._refresh(state, before)
 
-    def gzip_prefix(self, fmt: Format) -> tuple[bytes, zlib._Compress]:
-        """The body gzipped and flushed, with the compressor so a caller can append a tail.
+    def _refresh(self, state: ConnectionState, before: tuple[bytes, ...]) -> None:
+        """Rebuild the blocks of the families whose bytes this connection changed."""
+        after = state.stable_chunks
+        changed = [i for i, (old, new) in enumerate(zip(before, after, strict=True))
+                   if old is not new and old != new]
+        if changed:
+            self._rebuild_block(self._position[state.id] // BLOCK, changed)
+            self._stable_generation += 1
 
-        The compressor is to be copied, never used directly, so the cached state stays whole.
-        """
-        body = self.body(fmt)
-        cached = self._gzip.get(fmt.openmetrics)
-        if cached is not None and cached[0] == self._generation:
-            return cached[1], cached[2]
-        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        prefix = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        self._gzip[fmt.openmetrics] = (self._generation, prefix, compressor)
-        return prefix, compressor
-
-    def _changed(self) -> None:
-        self._generation += 1
+    def _rebuild_block(self, index: int, families: Iterable[int]) -> None:
+        members = self._order[index * BLOCK:(index + 1) * BLOCK]
+        for family in families:
+            plain = b"".join(state.stable_chunks[family] for state in members)
+            self._blocks[family][index] = _Block(plain, _deflate(plain), zlib.crc32(plain))
 
     def _expire(self, now: float) -> None:
-        expired = [state for state in self.states.values() if state.expire(now)]
-        if expired:
-            self._changed()
+        for state in self._order:
+            if state.stale_at is not None and now >= state.stale_at:
+                before = state.stable_chunks
+                state.expire(now)
+                self._refresh(state, before)
 
-    def _assemble(self, fmt: Format) -> bytes:
-        states = list(self.states.values())
-        out: list[bytes] = []
-        exporter = self.exporter
-        for exporter_spec in EXPORTER_METRICS:
-            out.append(fmt.header(exporter_spec).encode())
-            out.append(sample_lines(exporter_spec, "", exporter).encode())
-        for index, connection_spec in enumerate(CONNECTION_METRICS):
-            out.append(fmt.header(connection_spec).encode())
-            out.extend(state.connection_chunks[index] for state in states)
-        for index, database_spec in enumerate(DATABASE_METRICS):
-            out.append(fmt.header(database_spec).encode())
-            out.extend(state.database_chunks[index] for state in states
-                       if state.database_chunks is not None)
-        return b"".join(out)
+    # Building the output.
+
+    def parts(self, fmt: Format) -> list[bytes]:
+        """The exposition, less the tail, as a list of byte strings to send in order."""
+        return [*self._stable(fmt).parts, self._every_poll_section(fmt)]
+
+    def body(self, fmt: Format) -> bytes:
+        """The exposition, less the tail, as one byte string."""
+        return b"".join(self.parts(fmt))
+
+    def gzip(self, fmt: Format, tail: bytes) -> list[bytes]:
+        """One gzip stream of the exposition followed by ``tail``, as parts to send."""
+        section = self._stable(fmt, compressed=True)
+        assert section.deflated is not None
+        fresh = self._every_poll_section(fmt) + tail
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        closing = compressor.compress(fresh) + compressor.flush(zlib.Z_FINISH)
+        crc = zlib.crc32(fresh, section.crc)
+        trailer = struct.pack("<II", crc, (section.length + len(fresh)) & 0xFFFFFFFF)
+        return [GZIP_HEADER, section.deflated, closing + trailer]
+
+    def _stable(self, fmt: Format, compressed: bool = False) -> _Section:
+        """The stable section for ``fmt``, reassembled only after a change."""
+        self._expire(time.time())
+        section = self._sections.get(fmt.openmetrics)
+        if section is None or section.generation != self._stable_generation:
+            section = self._assemble(fmt)
+        if compressed and section.deflated is None:
+            section = self._compress(fmt, section)
+        self._sections[fmt.openmetrics] = section
+        return section
+
+    def _assemble(self, fmt: Format) -> _Section:
+        exporter = [fmt.header(spec) + sample_lines(spec, "", self.exporter)
+                    for spec in EXPORTER_METRICS]
+        parts = [_utf8("".join(exporter))]
+        for (header, _), blocks in zip(self._family_headers(fmt), self._blocks, strict=True):
+            parts.append(header)
+            parts.extend(block.plain for block in blocks if block.plain)
+        return _Section(self._stable_generation, parts, sum(len(p) for p in parts))
+
+    def _compress(self, fmt: Format, section: _Section) -> _Section:
+        """Add the deflate and CRC of a section, from the blocks' stored ones."""
+        crc = zlib.crc32(section.parts[0])
+        pieces = [_deflate(section.parts[0])]
+        for (header, deflated), blocks in zip(self._family_headers(fmt), self._blocks,
+                                              strict=True):
+            crc = zlib.crc32(header, crc)
+            pieces.append(deflated)
+            for block in blocks:
+                if block.plain:
+                    crc = zlib.crc32(block.plain, crc)
+                    pieces.append(block.deflated)
+        return replace(section, deflated=b"".join(pieces), crc=crc)
+
+    def _family_headers(self, fmt: Format) -> list[tuple[bytes, bytes]]:
+        """Each stable family's HELP/TYPE lines for ``fmt``, plain and deflated."""
+        headers = self._headers.get(fmt.openmetrics)
+        if headers is None:
+            plain = [_utf8(fmt.header(spec)) for spec in STABLE_FAMILIES]
+            headers = [(text, _deflate(text)) for text in plain]
+            self._headers[fmt.openmetrics] = headers
+        return headers
+
+    def _every_poll_section(self, fmt: Format) -> bytes:
+        cached = self._every_poll.get(fmt.openmetrics)
+        if cached is None or cached[0] != self._every_poll_generation:
+            out = []
+            for index, spec in enumerate(EVERY_POLL):
+                out.append(_utf8(fmt.header(spec)))
+                out.extend(state.every_poll_chunks[index] for state in self._order)
+            cached = (self._every_poll_generation, b"".join(out))
+            self._every_poll[fmt.openmetrics] = cached
+        return cached[1]
+
