@@ -23,7 +23,7 @@ import struct
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,9 +55,22 @@ EVERY_POLL = tuple(s for s in CONNECTION_METRICS if s.every_poll)
 STABLE_FAMILIES: tuple[MetricSpec[Any], ...] = STABLE_CONNECTION + DATABASE_METRICS
 
 
+NO_DATABASES: tuple[bytes, ...] = (b"",) * len(DATABASE_METRICS)
+
+
 def _utf8(text: str) -> bytes:
     """UTF-8 bytes; a lone surrogate (JSON allows ``"\\ud800"``) becomes ``?``."""
     return text.encode("utf-8", "replace")
+
+
+def _build(pieces: Sequence[bytes | memoryview]) -> _Block:
+    """A block from its members' lines."""
+    ends, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        ends.append(total)
+    plain = b"".join(pieces)
+    return _Block(plain, tuple(ends), _deflate(plain))
 
 
 def _deflate(data: bytes) -> bytes:
@@ -88,23 +101,16 @@ class ConnectionState:
         self.last_errors: dict[str, str] = {}
         self.stale_at: float | None = None
         self.connection_chunks: tuple[bytes, ...] = ()
-        self.database_chunks: tuple[bytes, ...] = (b"",) * len(DATABASE_METRICS)
         self.every_poll_chunks: tuple[bytes, ...] = ()
+        self.serving_databases = False  # whether its database series are in the output
         self._render_connection()
 
-    @property
-    def stable_chunks(self) -> tuple[bytes, ...]:
-        """This connection's lines of each stable family, in STABLE_FAMILIES order."""
-        return self.connection_chunks + self.database_chunks
-
-    @property
-    def has_database_series(self) -> bool:
-        """Whether database series are being served for this connection."""
-        return any(self.database_chunks)
-
     def record_success(self, data: Connection, now: float, duration: float,
-                       retries: int) -> None:
-        """Replace the snapshot whole with a good answer."""
+                       retries: int) -> tuple[bytes, ...]:
+        """Replace the snapshot whole with a good answer; returns the database chunks.
+
+        Database chunks are not kept here: the store holds them inside its blocks.
+        """
         self._count_poll(duration, retries)
         self.up = True
         self.not_before = None
@@ -114,10 +120,14 @@ class ConnectionState:
         self._track_statuses(data, now)
         self._log_errors(data)
         self._render_connection()
-        self._render_databases(now)
+        return self.render_databases(now)
 
-    def record_unchanged(self, now: float, duration: float, retries: int) -> None:
-        """A good answer byte-identical to the last: only time-dependent series move."""
+    def record_unchanged(self, now: float, duration: float,
+                         retries: int) -> tuple[bytes, ...] | None:
+        """A good answer byte-identical to the last: only time-dependent series move.
+
+        Returns new database chunks, or None when they cannot have changed.
+        """
         assert self.data is not None
         self._count_poll(duration, retries)
         self.up = True
@@ -125,9 +135,10 @@ class ConnectionState:
         self.last_success = now
         self.stale_at = None
         self._render_connection()
-        if not self.has_database_series or any(
+        if not self.serving_databases or any(
                 db.pause_schedule is not None for db in self.data.databases):
-            self._render_databases(now)  # pause windows follow the clock
+            return self.render_databases(now)  # back from stale, or pause windows moved
+        return None
 
     def record_failure(self, reason: str, now: float, duration: float, retries: int,
                        stale_after: float) -> None:
@@ -137,19 +148,19 @@ class ConnectionState:
         self.failures[reason] += 1
         self.last_failure = now
         self.last_failure_reason = reason
-        if self.has_database_series and self.last_success is not None:
+        if self.serving_databases and self.last_success is not None:
             self.stale_at = self.last_success + stale_after
         self._render_connection()
 
-    def expire(self, now: float) -> bool:
-        """Drop database series once stale; True if anything was dropped."""
+    def expire(self, now: float) -> tuple[bytes, ...] | None:
+        """Empty database chunks once the data is stale, else None."""
         if self.stale_at is None or now < self.stale_at:
-            return False
-        self.database_chunks = (b"",) * len(DATABASE_METRICS)
+            return None
+        self.serving_databases = False
         self.stale_at = None
         log.info("connection data is stale; dropping its database series",
                  extra={"connection_id": self.id})
-        return True
+        return NO_DATABASES
 
     def _count_poll(self, duration: float, retries: int) -> None:
         self.polled = True
@@ -190,8 +201,10 @@ class ConnectionState:
         self.every_poll_chunks = tuple(
             _utf8(sample_lines(spec, self.identity, view)) for spec in EVERY_POLL)
 
-    def _render_databases(self, now: float) -> None:
+    def render_databases(self, now: float) -> tuple[bytes, ...]:
+        """Every database family's lines for this connection's latest good answer."""
         assert self.data is not None
+        self.serving_databases = True
         parts: list[list[str]] = [[] for _ in DATABASE_METRICS]
         names = IDENTITY_LABELS["database"]
         for db in self.data.databases:
@@ -199,16 +212,25 @@ class ConnectionState:
             view = DatabaseView(db=db, status_since=self.status_since[db.id][1], now=now)
             for part, spec in zip(parts, DATABASE_METRICS, strict=True):
                 part.append(sample_lines(spec, identity, view))
-        self.database_chunks = tuple(_utf8("".join(part)) for part in parts)
+        return tuple(_utf8("".join(part)) for part in parts)
 
 
 @dataclass(slots=True)
 class _Block:
-    """One family's lines for up to BLOCK connections, with their deflate and CRC."""
+    """One family's lines for up to BLOCK connections, with their deflate and CRC.
+
+    ``ends[i]`` is where member i's lines end, so one member's lines can be replaced
+    without keeping a second copy of everyone's.
+    """
 
     plain: bytes = b""
+    ends: tuple[int, ...] = ()
     deflated: bytes = b""
-    crc: int = 0
+
+    def member(self, index: int) -> memoryview:
+        """Member ``index``'s lines, without copying them."""
+        start = self.ends[index - 1] if index else 0
+        return memoryview(self.plain)[start:self.ends[index]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,19 +252,21 @@ class Store:
         self.exporter = ExporterView()
         self.states: dict[str, ConnectionState] = {}
         self._order: list[ConnectionState] = []
+        self._position: dict[str, int] = {}
         self._blocks: list[list[_Block]] = []  # [family][block]
         self._stable_generation = 0
         self._every_poll_generation = 0
         self._sections: dict[bool, _Section] = {}
         self._every_poll: dict[bool, tuple[int, bytes]] = {}
-        self._position: dict[str, int] = {}
         self._headers: dict[bool, list[tuple[bytes, bytes]]] = {}
         self.set_connections(connection_ids)
 
     # Recording what the poller learned.
 
     def set_connections(self, connection_ids: Iterable[str]) -> None:
-        """Keep the states of connections still listed, add new ones, drop the rest."""
+        """Keep the states (and series) of connections still listed, add new ones, drop
+        the rest, and lay the blocks out anew."""
+        kept = {state.id: self.chunks(state.id) for state in self._order}
         self.states = {cid: self.states.get(cid) or ConnectionState(cid)
                        for cid in connection_ids}
         self._order = list(self.states.values())
@@ -250,9 +274,20 @@ class Store:
         count = (len(self._order) + BLOCK - 1) // BLOCK
         self._blocks = [[_Block() for _ in range(count)] for _ in STABLE_FAMILIES]
         for index in range(count):
-            self._rebuild_block(index, range(len(STABLE_FAMILIES)))
+            members = self._order[index * BLOCK:(index + 1) * BLOCK]
+            rows = [state.connection_chunks + (kept[state.id][len(STABLE_CONNECTION):]
+                                               if state.id in kept else NO_DATABASES)
+                    for state in members]
+            for family in range(len(STABLE_FAMILIES)):
+                self._blocks[family][index] = _build([row[family] for row in rows])
         self._every_poll_generation += 1
         self.set_exporter(replace(self.exporter, connections=len(self.states)))
+
+    def chunks(self, connection_id: str) -> tuple[bytes, ...]:
+        """A connection's lines of each stable family, as stored (STABLE_FAMILIES order)."""
+        position = self._position[connection_id]
+        index, member = divmod(position, BLOCK)
+        return tuple(bytes(family[index].member(member)) for family in self._blocks)
 
     def set_exporter(self, view: ExporterView) -> None:
         """Replace what the exporter-level metrics say."""
@@ -280,36 +315,42 @@ class Store:
         self._update(connection_id, lambda s: s.record_failure(
             reason, time.time(), duration, retries, self.stale_after))
 
-    def _update(self, connection_id: str, change: Any) -> None:
+    def _update(self, connection_id: str,
+                change: Callable[[ConnectionState], tuple[bytes, ...] | None]) -> None:
         state = self.states.get(connection_id)
         if state is None:
             return  # polled under a config that has since been reloaded away
-        before = state.stable_chunks
-        change(state)
+        before = state.connection_chunks
+        databases = change(state)
         self._every_poll_generation += 1
-        self._refresh(state, before)
+        self._store(state, before, databases)
 
-    def _refresh(self, state: ConnectionState, before: tuple[bytes, ...]) -> None:
+    def _store(self, state: ConnectionState, before: tuple[bytes, ...],
+               databases: tuple[bytes, ...] | None) -> None:
         """Rebuild the blocks of the families whose bytes this connection changed."""
-        after = state.stable_chunks
-        changed = [i for i, (old, new) in enumerate(zip(before, after, strict=True))
-                   if old is not new and old != new]
+        index, member = divmod(self._position[state.id], BLOCK)
+        new = list(zip(range(len(STABLE_CONNECTION)), state.connection_chunks, strict=True))
+        if databases is not None:
+            new.extend(enumerate(databases, start=len(STABLE_CONNECTION)))
+        changed = False
+        for family, chunk in new:
+            if family < len(STABLE_CONNECTION) and before[family] is chunk:
+                continue
+            block = self._blocks[family][index]
+            if block.member(member) == chunk:
+                continue
+            pieces: list[bytes | memoryview] = [
+                block.member(m) for m in range(len(block.ends))]
+            pieces[member] = chunk
+            self._blocks[family][index] = _build(pieces)
+            changed = True
         if changed:
-            self._rebuild_block(self._position[state.id] // BLOCK, changed)
             self._stable_generation += 1
-
-    def _rebuild_block(self, index: int, families: Iterable[int]) -> None:
-        members = self._order[index * BLOCK:(index + 1) * BLOCK]
-        for family in families:
-            plain = b"".join(state.stable_chunks[family] for state in members)
-            self._blocks[family][index] = _Block(plain, _deflate(plain), zlib.crc32(plain))
 
     def _expire(self, now: float) -> None:
         for state in self._order:
             if state.stale_at is not None and now >= state.stale_at:
-                before = state.stable_chunks
-                state.expire(now)
-                self._refresh(state, before)
+                self._store(state, state.connection_chunks, state.expire(now))
 
     # Building the output.
 
