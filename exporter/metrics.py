@@ -81,6 +81,9 @@ class MetricSpec(Generic[T]):
     # True for series that change at every poll (timestamps, counters): they are kept apart
     # so the rest of the output can stay cached, and compressed, between polls.
     every_poll: bool = False
+    # True for series that depend on the time of the poll, not only on the API's answer:
+    # they are re-rendered even when an answer is byte-identical to the last one.
+    follows_clock: bool = False
 
     @property
     def all_labels(self) -> tuple[str, ...]:
@@ -341,7 +344,7 @@ DATABASE_METRICS: tuple[MetricSpec[DatabaseView], ...] = (
     MetricSpec("reflexdb_database_pause_window_active", "gauge",
                "1 while the time of the latest poll (UTC) lies inside the database's pause "
                "window, else 0; absent when the schedule cannot be read.",
-               "database", (), value(_pause_window)),
+               "database", (), value(_pause_window), follows_clock=True),
     MetricSpec("reflexdb_database_pause_schedule_info", "gauge",
                "The database's pause schedule: pause and resume time (HH:MM UTC) and the days "
                "a window starts (0=Sunday; empty for every day); always 1.",

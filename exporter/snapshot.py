@@ -55,7 +55,9 @@ EVERY_POLL = tuple(s for s in CONNECTION_METRICS if s.every_poll)
 STABLE_FAMILIES: tuple[MetricSpec[Any], ...] = STABLE_CONNECTION + DATABASE_METRICS
 
 
-NO_DATABASES: tuple[bytes, ...] = (b"",) * len(DATABASE_METRICS)
+ALL_DATABASE_FAMILIES = tuple(range(len(DATABASE_METRICS)))
+CLOCK_FAMILIES = tuple(i for i, spec in enumerate(DATABASE_METRICS) if spec.follows_clock)
+NO_DATABASES: dict[int, bytes] = dict.fromkeys(ALL_DATABASE_FAMILIES, b"")
 
 
 def _utf8(text: str) -> bytes:
@@ -106,7 +108,7 @@ class ConnectionState:
         self._render_connection()
 
     def record_success(self, data: Connection, now: float, duration: float,
-                       retries: int) -> tuple[bytes, ...]:
+                       retries: int) -> dict[int, bytes]:
         """Replace the snapshot whole with a good answer; returns the database chunks.
 
         Database chunks are not kept here: the store holds them inside its blocks.
@@ -123,10 +125,10 @@ class ConnectionState:
         return self.render_databases(now)
 
     def record_unchanged(self, now: float, duration: float,
-                         retries: int) -> tuple[bytes, ...] | None:
+                         retries: int) -> dict[int, bytes] | None:
         """A good answer byte-identical to the last: only time-dependent series move.
 
-        Returns new database chunks, or None when they cannot have changed.
+        Returns the database chunks that may have changed, or None when none can have.
         """
         assert self.data is not None
         self._count_poll(duration, retries)
@@ -135,9 +137,10 @@ class ConnectionState:
         self.last_success = now
         self.stale_at = None
         self._render_connection()
-        if not self.serving_databases or any(
-                db.pause_schedule is not None for db in self.data.databases):
-            return self.render_databases(now)  # back from stale, or pause windows moved
+        if not self.serving_databases:
+            return self.render_databases(now)  # back after its series went stale
+        if any(db.pause_schedule is not None for db in self.data.databases):
+            return self.render_databases(now, CLOCK_FAMILIES)  # pause windows follow the clock
         return None
 
     def record_failure(self, reason: str, now: float, duration: float, retries: int,
@@ -152,7 +155,7 @@ class ConnectionState:
             self.stale_at = self.last_success + stale_after
         self._render_connection()
 
-    def expire(self, now: float) -> tuple[bytes, ...] | None:
+    def expire(self, now: float) -> dict[int, bytes] | None:
         """Empty database chunks once the data is stale, else None."""
         if self.stale_at is None or now < self.stale_at:
             return None
@@ -201,18 +204,22 @@ class ConnectionState:
         self.every_poll_chunks = tuple(
             _utf8(sample_lines(spec, self.identity, view)) for spec in EVERY_POLL)
 
-    def render_databases(self, now: float) -> tuple[bytes, ...]:
-        """Every database family's lines for this connection's latest good answer."""
+    def render_databases(self, now: float,
+                         families: Sequence[int] = ALL_DATABASE_FAMILIES) -> dict[int, bytes]:
+        """Lines of the given database families (indexes into DATABASE_METRICS) for this
+        connection's latest good answer."""
         assert self.data is not None
         self.serving_databases = True
-        parts: list[list[str]] = [[] for _ in DATABASE_METRICS]
+        specs = [DATABASE_METRICS[family] for family in families]
+        parts: list[list[str]] = [[] for _ in families]
         names = IDENTITY_LABELS["database"]
         for db in self.data.databases:
             identity = label_block(names, (self.id, db.id, db.name))
             view = DatabaseView(db=db, status_since=self.status_since[db.id][1], now=now)
-            for part, spec in zip(parts, DATABASE_METRICS, strict=True):
+            for part, spec in zip(parts, specs, strict=True):
                 part.append(sample_lines(spec, identity, view))
-        return tuple(_utf8("".join(part)) for part in parts)
+        return {family: _utf8("".join(part)) for family, part in zip(families, parts,
+                                                                      strict=True)}
 
 
 @dataclass(slots=True)
@@ -275,8 +282,7 @@ class Store:
         self._blocks = [[_Block() for _ in range(count)] for _ in STABLE_FAMILIES]
         for index in range(count):
             members = self._order[index * BLOCK:(index + 1) * BLOCK]
-            rows = [state.connection_chunks + (kept[state.id][len(STABLE_CONNECTION):]
-                                               if state.id in kept else NO_DATABASES)
+            rows = [kept.get(state.id) or state.connection_chunks + tuple(NO_DATABASES.values())
                     for state in members]
             for family in range(len(STABLE_FAMILIES)):
                 self._blocks[family][index] = _build([row[family] for row in rows])
@@ -316,7 +322,7 @@ class Store:
             reason, time.time(), duration, retries, self.stale_after))
 
     def _update(self, connection_id: str,
-                change: Callable[[ConnectionState], tuple[bytes, ...] | None]) -> None:
+                change: Callable[[ConnectionState], dict[int, bytes] | None]) -> None:
         state = self.states.get(connection_id)
         if state is None:
             return  # polled under a config that has since been reloaded away
@@ -326,12 +332,13 @@ class Store:
         self._store(state, before, databases)
 
     def _store(self, state: ConnectionState, before: tuple[bytes, ...],
-               databases: tuple[bytes, ...] | None) -> None:
+               databases: dict[int, bytes] | None) -> None:
         """Rebuild the blocks of the families whose bytes this connection changed."""
         index, member = divmod(self._position[state.id], BLOCK)
-        new = list(zip(range(len(STABLE_CONNECTION)), state.connection_chunks, strict=True))
+        new = list(enumerate(state.connection_chunks))
         if databases is not None:
-            new.extend(enumerate(databases, start=len(STABLE_CONNECTION)))
+            offset = len(STABLE_CONNECTION)
+            new.extend((offset + family, chunk) for family, chunk in databases.items())
         changed = False
         for family, chunk in new:
             if family < len(STABLE_CONNECTION) and before[family] is chunk:

@@ -10,10 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter import snapshot
 from exporter.metrics import EXPORTER_METRICS
 from exporter.models import parse_connection
 from exporter.render import negotiate, sample_lines
 from exporter.snapshot import BLOCK, EVERY_POLL, NO_DATABASES, STABLE_FAMILIES, Store
+from tests.conftest import parse_exposition
 
 IDS = [str(uuid.UUID(int=n + 1)) for n in range(BLOCK * 2 + 3)]  # three blocks, one partial
 TAIL = b"# HELP tail_metric A tail.\n# TYPE tail_metric gauge\ntail_metric 1\n"
@@ -38,7 +40,7 @@ def _reference(store: Store, fmt: Any) -> bytes:
     rows = {}
     for state in store.states.values():
         databases = state.render_databases(0) if state.serving_databases else NO_DATABASES
-        rows[state.id] = state.connection_chunks + databases
+        rows[state.id] = state.connection_chunks + tuple(databases.values())
     out = [exporter.encode()]
     for family, spec in enumerate(STABLE_FAMILIES):
         out.append(fmt.header(spec).encode())
@@ -90,3 +92,26 @@ def test_unchanged_data_is_not_rebuilt() -> None:
     second = store.parts(fmt)
     assert all(a is b for a, b in zip(first[:-1], second[:-1], strict=True))
     assert first[-1] != second[-1]  # the every-poll section (counters, timestamps) moved
+
+
+def test_pause_window_moves_on_an_unchanged_answer(monkeypatch: Any) -> None:
+    """A byte-identical answer still re-evaluates pause windows at the poll's time."""
+    inside, outside = 1_795_000_000.0, 1_795_000_000.0 + 6 * 3600  # window 01:00-05:00 UTC
+    hour = int(inside // 3600 % 24)
+    answer = parse_connection({"databases": [{"id": str(uuid.UUID(int=5)), "name": "d",
+                                              "pauseSchedule": {"pauseAt": f"{hour:02d}:00",
+                                                                "resumeAt": f"{hour + 4:02d}:00",
+                                                                "days": []}}]})
+    store = Store(IDS[:1], stale_after=300)
+    monkeypatch.setattr(snapshot.time, "time", lambda: inside)
+    store.success(IDS[0], answer, 0.01)
+
+    def window() -> float | None:
+        scrape = parse_exposition(store.body(negotiate(None)).decode())
+        return scrape.value("reflexdb_database_pause_window_active", connection_id=IDS[0],
+                            database_id=str(uuid.UUID(int=5)), database_name="d")
+
+    assert window() == 1
+    monkeypatch.setattr(snapshot.time, "time", lambda: outside)
+    store.unchanged(IDS[0], 0.01)
+    assert window() == 0
