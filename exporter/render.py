@@ -39,21 +39,37 @@ def label_block(names: Sequence[str], values: Iterable[str]) -> str:
     return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
 
 
+# Rendered label blocks of short values (states, modes, tags): they repeat across databases.
+_OWN_LABELS: dict[tuple[str, tuple[str, ...]], str] = {}
+_OWN_LABELS_MAX = 20_000
+_SHORT = 40
+
+
+def _own_labels(spec: MetricSpec[Any], labels: tuple[str, ...]) -> str:
+    key = (spec.name, labels)
+    own = _OWN_LABELS.get(key)
+    if own is None:
+        own = label_block(spec.labels, labels)
+        if len(_OWN_LABELS) < _OWN_LABELS_MAX and all(len(v) <= _SHORT for v in labels):
+            _OWN_LABELS[key] = own
+    return own
+
+
 def sample_lines(spec: MetricSpec[Any], identity: str, obj: Any) -> str:
     """Every sample line of one family for one object, each ending in a newline.
 
     ``identity`` is the object's already escaped identity label block, shared by every family
     so it is escaped once per object rather than once per line.
     """
-    sample_name = spec.name
+    name = spec.name
     lines = []
     for labels, number in spec.samples(obj):
         block = identity
         if labels:
-            own = label_block(spec.labels, labels)
+            own = _own_labels(spec, labels)
             block = f"{identity},{own}" if identity else own
-        braces = f"{{{block}}}" if block else ""
-        lines.append(f"{sample_name}{braces} {format_value(number)}\n")
+        text = "1" if number == 1 else "0" if number == 0 else format_value(number)
+        lines.append(f"{name}{{{block}}} {text}\n" if block else f"{name} {text}\n")
     return "".join(lines)
 
 
