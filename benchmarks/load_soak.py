@@ -73,8 +73,8 @@ def load(workdir: Path, scrapers: int, seconds: float) -> int:
                 started = time.monotonic()
                 try:
                     response = client.get(f"{url}/metrics", headers=headers)
-                    ok = response.status_code == 200 and "reflexdb_database_status{" in (
-                        response.text)
+                    ok = response.status_code == 200 and b"reflexdb_database_status{" in (
+                        response.content)
                 except httpx.HTTPError as exc:
                     ok, response = False, exc  # type: ignore[assignment]
                 elapsed = time.monotonic() - started

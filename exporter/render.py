@@ -39,18 +39,21 @@ def label_block(names: Sequence[str], values: Iterable[str]) -> str:
     return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
 
 
-# Rendered label blocks of short values (states, modes, tags): they repeat across databases.
-_OWN_LABELS: dict[tuple[str, tuple[str, ...]], str] = {}
-_OWN_LABELS_MAX = 20_000
-_SHORT = 40
+# Rendered single-label blocks (status="running", reason="timeout"): a handful of values
+# repeat across every database. Multi-label blocks (info, tags) vary per database and would
+# only fill the cache as databases come and go.
+_OWN_LABELS: dict[tuple[str, str], str] = {}
+_OWN_LABELS_MAX = 4096
 
 
 def _own_labels(spec: MetricSpec[Any], labels: tuple[str, ...]) -> str:
-    key = (spec.name, labels)
+    if len(labels) != 1:
+        return label_block(spec.labels, labels)
+    key = (spec.name, labels[0])
     own = _OWN_LABELS.get(key)
     if own is None:
         own = label_block(spec.labels, labels)
-        if len(_OWN_LABELS) < _OWN_LABELS_MAX and all(len(v) <= _SHORT for v in labels):
+        if len(_OWN_LABELS) < _OWN_LABELS_MAX:
             _OWN_LABELS[key] = own
     return own
 
