@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ BACKENDS = ("mysql", "postgres", "mssql")
 LOG_LEVELS = ("info", "debug", "warn", "error")
 TAG_COLORS = ("gray", "red", "orange", "yellow", "green", "teal", "blue", "purple")
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Cap label values taken from free-form API fields so one bad answer cannot bloat the output.
 MAX_LABEL_LENGTH = 256
 
@@ -30,6 +32,8 @@ def canonical_id(value: object) -> str | None:
     """Lowercase canonical UUID text, or the trimmed lowercase text if it is no UUID."""
     if not isinstance(value, str) or not value.strip():
         return None
+    if _CANONICAL_UUID.fullmatch(value):
+        return value  # the common case, without building a UUID object
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError:

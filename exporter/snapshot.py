@@ -3,17 +3,18 @@
 The output is kept in three sections, each family grouped as the text formats require:
 
 - stable: the exporter's own families, the connection families that change only with the
-  API's answer, and every database family. Each family's lines are stored in blocks of
-  ``BLOCK`` connections; a block is re-joined, re-compressed and re-checksummed only when
-  a connection in it renders different bytes. A scrape concatenates stored blocks.
+  API's answer, and every database family. Each connection keeps its lines of each family as
+  bytes, with their raw deflate; a poll re-renders only the databases whose record (or
+  status start) changed and re-compresses only the families whose bytes changed. A scrape
+  concatenates stored bytes.
 - every-poll: timestamps and counters that move at each poll (a few short lines per
-  connection), rendered at scrape time when they changed.
+  connection), joined at scrape time when they changed.
 - tail: prometheus_client's process metrics, produced by the HTTP layer per scrape.
 
-A gzip answer is one valid gzip stream: the stable section's blocks were each compressed as
-raw deflate ending in a sync flush, so their bytes concatenate; the every-poll section and
-the tail are compressed fresh and close the stream; the CRC-32 of the whole is the cached CRC
-of the stable section continued over the fresh bytes.
+A gzip answer is one valid gzip stream: each stored chunk was compressed as raw deflate ending
+in a sync flush, so the chunks concatenate; the every-poll section and the tail are
+compressed fresh and close the stream; the CRC-32 of the whole is the stable section's CRC
+(computed once per change) continued over the fresh bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import struct
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,27 +38,23 @@ from exporter.metrics import (
     ExporterView,
     MetricSpec,
 )
-from exporter.models import Connection
+from exporter.models import Connection, Database
 from exporter.render import Format, label_block, sample_lines
 
 log = logging.getLogger(__name__)
 
 # Level 1 keeps compression cheap; exposition text is so repetitive that it still shrinks ~10x.
 GZIP_LEVEL = 1
-# Connections per block: small enough that one poll re-compresses little, large enough that
-# each block compresses well and a scrape joins few pieces.
-BLOCK = 8
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 STABLE_CONNECTION = tuple(s for s in CONNECTION_METRICS if not s.every_poll)
 EVERY_POLL = tuple(s for s in CONNECTION_METRICS if s.every_poll)
 # The families of the stable section that come from connections, in output order.
 STABLE_FAMILIES: tuple[MetricSpec[Any], ...] = STABLE_CONNECTION + DATABASE_METRICS
-
-
+FIRST_DATABASE_FAMILY = len(STABLE_CONNECTION)
 ALL_DATABASE_FAMILIES = tuple(range(len(DATABASE_METRICS)))
 CLOCK_FAMILIES = tuple(i for i, spec in enumerate(DATABASE_METRICS) if spec.follows_clock)
-NO_DATABASES: dict[int, bytes] = dict.fromkeys(ALL_DATABASE_FAMILIES, b"")
+_EMPTY_DEFLATE = b""
 
 
 def _utf8(text: str) -> bytes:
@@ -65,20 +62,21 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-def _build(pieces: Sequence[bytes | memoryview]) -> _Block:
-    """A block from its members' lines."""
-    ends, total = [], 0
-    for piece in pieces:
-        total += len(piece)
-        ends.append(total)
-    plain = b"".join(pieces)
-    return _Block(plain, tuple(ends), _deflate(plain))
-
-
 def _deflate(data: bytes) -> bytes:
     """Raw deflate ending in a sync flush, so the result can be followed by more deflate."""
+    if not data:
+        return _EMPTY_DEFLATE
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A database as last rendered: its record, when its status began, its identity labels."""
+
+    db: Database
+    since: float
+    identity: str
 
 
 class ConnectionState:
@@ -102,46 +100,38 @@ class ConnectionState:
         self.status_since: dict[str, tuple[str | None, float]] = {}
         self.last_errors: dict[str, str] = {}
         self.stale_at: float | None = None
-        self.connection_chunks: tuple[bytes, ...] = ()
-        self.every_poll_chunks: tuple[bytes, ...] = ()
         self.serving_databases = False  # whether its database series are in the output
+        # Lines of each stable family (STABLE_FAMILIES order) and their raw deflate.
+        self.stable: list[bytes] = [b""] * len(STABLE_FAMILIES)
+        self.deflated: list[bytes] = [_EMPTY_DEFLATE] * len(STABLE_FAMILIES)
+        self.every_poll_chunks: tuple[bytes, ...] = ()
+        self.changed = False  # set when a stable chunk changes; the store clears it
+        self._seen: dict[str, _Seen] = {}
+        self._order: list[str] = []  # database IDs in the order their lines are stored
+        self._ends: list[list[int]] = [[] for _ in DATABASE_METRICS]  # where each one's end
         self._render_connection()
 
     def record_success(self, data: Connection, now: float, duration: float,
-                       retries: int) -> dict[int, bytes]:
-        """Replace the snapshot whole with a good answer; returns the database chunks.
-
-        Database chunks are not kept here: the store holds them inside its blocks.
-        """
+                       retries: int) -> None:
+        """Replace the snapshot whole with a good answer."""
         self._count_poll(duration, retries)
-        self.up = True
-        self.not_before = None
-        self.last_success = now
-        self.stale_at = None
+        self._succeeded(now)
         self.data = data
         self._track_statuses(data, now)
         self._log_errors(data)
         self._render_connection()
-        return self.render_databases(now)
+        self._render_databases(now, ALL_DATABASE_FAMILIES)
 
-    def record_unchanged(self, now: float, duration: float,
-                         retries: int) -> dict[int, bytes] | None:
-        """A good answer byte-identical to the last: only time-dependent series move.
-
-        Returns the database chunks that may have changed, or None when none can have.
-        """
+    def record_unchanged(self, now: float, duration: float, retries: int) -> None:
+        """A good answer byte-identical to the last: only time-dependent series move."""
         assert self.data is not None
         self._count_poll(duration, retries)
-        self.up = True
-        self.not_before = None
-        self.last_success = now
-        self.stale_at = None
+        self._succeeded(now)
         self._render_connection()
         if not self.serving_databases:
-            return self.render_databases(now)  # back after its series went stale
-        if any(db.pause_schedule is not None for db in self.data.databases):
-            return self.render_databases(now, CLOCK_FAMILIES)  # pause windows follow the clock
-        return None
+            self._render_databases(now, ALL_DATABASE_FAMILIES)  # back after going stale
+        elif any(db.pause_schedule is not None for db in self.data.databases):
+            self._render_databases(now, CLOCK_FAMILIES)  # pause windows follow the clock
 
     def record_failure(self, reason: str, now: float, duration: float, retries: int,
                        stale_after: float) -> None:
@@ -155,21 +145,38 @@ class ConnectionState:
             self.stale_at = self.last_success + stale_after
         self._render_connection()
 
-    def expire(self, now: float) -> dict[int, bytes] | None:
-        """Empty database chunks once the data is stale, else None."""
+    def expire(self, now: float) -> bool:
+        """Drop the database series once the data is stale; True if it did."""
         if self.stale_at is None or now < self.stale_at:
-            return None
-        self.serving_databases = False
+            return False
         self.stale_at = None
+        self.serving_databases = False
+        self._seen, self._order = {}, []
+        self._ends = [[] for _ in DATABASE_METRICS]
+        for family in ALL_DATABASE_FAMILIES:
+            self._set(FIRST_DATABASE_FAMILY + family, b"")
         log.info("connection data is stale; dropping its database series",
                  extra={"connection_id": self.id})
-        return NO_DATABASES
+        return True
+
+    def _succeeded(self, now: float) -> None:
+        self.up = True
+        self.not_before = None
+        self.last_success = now
+        self.stale_at = None
 
     def _count_poll(self, duration: float, retries: int) -> None:
         self.polled = True
         self.polls += 1
         self.retries += retries
         self.poll_duration = duration
+
+    def _set(self, index: int, chunk: bytes) -> None:
+        """Store a stable family's new lines, compressing them only if they differ."""
+        if chunk != self.stable[index]:
+            self.stable[index] = chunk
+            self.deflated[index] = _deflate(chunk)
+            self.changed = True
 
     def _track_statuses(self, data: Connection, now: float) -> None:
         """Remember when each database's status began; forget databases that left."""
@@ -199,45 +206,50 @@ class ConnectionState:
             failures=self.failures, last_success=self.last_success,
             last_failure=self.last_failure, poll_duration=self.poll_duration,
         )
-        self.connection_chunks = tuple(
-            _utf8(sample_lines(spec, self.identity, view)) for spec in STABLE_CONNECTION)
+        for index, spec in enumerate(STABLE_CONNECTION):
+            self._set(index, _utf8(sample_lines(spec, self.identity, view)))
         self.every_poll_chunks = tuple(
             _utf8(sample_lines(spec, self.identity, view)) for spec in EVERY_POLL)
 
-    def render_databases(self, now: float,
-                         families: Sequence[int] = ALL_DATABASE_FAMILIES) -> dict[int, bytes]:
-        """Lines of the given database families (indexes into DATABASE_METRICS) for this
-        connection's latest good answer."""
+    def _render_databases(self, now: float, families: Sequence[int]) -> None:
+        """Lines of the given database families; unchanged databases keep their stored lines.
+
+        A database is re-rendered when its record or its status start changed, and for a
+        family that follows the clock when it has a pause schedule.
+        """
         assert self.data is not None
-        self.serving_databases = True
-        specs = [DATABASE_METRICS[family] for family in families]
-        parts: list[list[str]] = [[] for _ in families]
+        position = {database_id: index for index, database_id in enumerate(self._order)}
         names = IDENTITY_LABELS["database"]
+        seen: dict[str, _Seen] = {}
+        rows: list[tuple[_Seen, int | None]] = []
         for db in self.data.databases:
+            since = self.status_since[db.id][1]
+            previous = self._seen.get(db.id)
+            if previous is not None and previous.db == db and previous.since == since:
+                rows.append((previous, position[db.id]))
+                seen[db.id] = previous
+                continue
             identity = label_block(names, (self.id, db.id, db.name))
-            view = DatabaseView(db=db, status_since=self.status_since[db.id][1], now=now)
-            for part, spec in zip(parts, specs, strict=True):
-                part.append(sample_lines(spec, identity, view))
-        return {family: _utf8("".join(part)) for family, part in zip(families, parts,
-                                                                      strict=True)}
-
-
-@dataclass(slots=True)
-class _Block:
-    """One family's lines for up to BLOCK connections, with their deflate and CRC.
-
-    ``ends[i]`` is where member i's lines end, so one member's lines can be replaced
-    without keeping a second copy of everyone's.
-    """
-
-    plain: bytes = b""
-    ends: tuple[int, ...] = ()
-    deflated: bytes = b""
-
-    def member(self, index: int) -> memoryview:
-        """Member ``index``'s lines, without copying them."""
-        start = self.ends[index - 1] if index else 0
-        return memoryview(self.plain)[start:self.ends[index]]
+            seen[db.id] = current = _Seen(db, since, identity)
+            rows.append((current, None))
+        for family in families:
+            spec = DATABASE_METRICS[family]
+            old, ends = self.stable[FIRST_DATABASE_FAMILY + family], self._ends[family]
+            pieces, new_ends, total = [], [], 0
+            for entry, stored in rows:
+                if stored is not None and not (spec.follows_clock
+                                               and entry.db.pause_schedule is not None):
+                    piece = old[ends[stored - 1] if stored else 0:ends[stored]]
+                else:
+                    view = DatabaseView(db=entry.db, status_since=entry.since, now=now)
+                    piece = _utf8(sample_lines(spec, entry.identity, view))
+                total += len(piece)
+                pieces.append(piece)
+                new_ends.append(total)
+            self._ends[family] = new_ends
+            self._set(FIRST_DATABASE_FAMILY + family, b"".join(pieces))
+        self._seen, self._order = seen, [db.id for db in self.data.databases]
+        self.serving_databases = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +270,6 @@ class Store:
         self.stale_after = stale_after
         self.exporter = ExporterView()
         self.states: dict[str, ConnectionState] = {}
-        self._order: list[ConnectionState] = []
-        self._position: dict[str, int] = {}
-        self._blocks: list[list[_Block]] = []  # [family][block]
         self._stable_generation = 0
         self._every_poll_generation = 0
         self._sections: dict[bool, _Section] = {}
@@ -272,28 +281,11 @@ class Store:
 
     def set_connections(self, connection_ids: Iterable[str]) -> None:
         """Keep the states (and series) of connections still listed, add new ones, drop
-        the rest, and lay the blocks out anew."""
-        kept = {state.id: self.chunks(state.id) for state in self._order}
+        the rest."""
         self.states = {cid: self.states.get(cid) or ConnectionState(cid)
                        for cid in connection_ids}
-        self._order = list(self.states.values())
-        self._position = {state.id: index for index, state in enumerate(self._order)}
-        count = (len(self._order) + BLOCK - 1) // BLOCK
-        self._blocks = [[_Block() for _ in range(count)] for _ in STABLE_FAMILIES]
-        for index in range(count):
-            members = self._order[index * BLOCK:(index + 1) * BLOCK]
-            rows = [kept.get(state.id) or state.connection_chunks + tuple(NO_DATABASES.values())
-                    for state in members]
-            for family in range(len(STABLE_FAMILIES)):
-                self._blocks[family][index] = _build([row[family] for row in rows])
         self._every_poll_generation += 1
         self.set_exporter(replace(self.exporter, connections=len(self.states)))
-
-    def chunks(self, connection_id: str) -> tuple[bytes, ...]:
-        """A connection's lines of each stable family, as stored (STABLE_FAMILIES order)."""
-        position = self._position[connection_id]
-        index, member = divmod(position, BLOCK)
-        return tuple(bytes(family[index].member(member)) for family in self._blocks)
 
     def set_exporter(self, view: ExporterView) -> None:
         """Replace what the exporter-level metrics say."""
@@ -308,56 +300,33 @@ class Store:
     def success(self, connection_id: str, data: Connection, duration: float,
                 retries: int = 0) -> None:
         """Record a good answer for a connection."""
-        self._update(connection_id, lambda s: s.record_success(data, time.time(), duration,
-                                                               retries))
+        if state := self.states.get(connection_id):
+            state.record_success(data, time.time(), duration, retries)
+            self._recorded(state)
 
     def unchanged(self, connection_id: str, duration: float, retries: int = 0) -> None:
         """Record a good answer identical to the connection's previous one."""
-        self._update(connection_id, lambda s: s.record_unchanged(time.time(), duration, retries))
+        if state := self.states.get(connection_id):
+            state.record_unchanged(time.time(), duration, retries)
+            self._recorded(state)
 
     def failure(self, connection_id: str, reason: str, duration: float,
                 retries: int = 0) -> None:
         """Record a failed poll of a connection."""
-        self._update(connection_id, lambda s: s.record_failure(
-            reason, time.time(), duration, retries, self.stale_after))
+        if state := self.states.get(connection_id):
+            state.record_failure(reason, time.time(), duration, retries, self.stale_after)
+            self._recorded(state)
 
-    def _update(self, connection_id: str,
-                change: Callable[[ConnectionState], dict[int, bytes] | None]) -> None:
-        state = self.states.get(connection_id)
-        if state is None:
-            return  # polled under a config that has since been reloaded away
-        before = state.connection_chunks
-        databases = change(state)
+    def _recorded(self, state: ConnectionState) -> None:
         self._every_poll_generation += 1
-        self._store(state, before, databases)
-
-    def _store(self, state: ConnectionState, before: tuple[bytes, ...],
-               databases: dict[int, bytes] | None) -> None:
-        """Rebuild the blocks of the families whose bytes this connection changed."""
-        index, member = divmod(self._position[state.id], BLOCK)
-        new = list(enumerate(state.connection_chunks))
-        if databases is not None:
-            offset = len(STABLE_CONNECTION)
-            new.extend((offset + family, chunk) for family, chunk in databases.items())
-        changed = False
-        for family, chunk in new:
-            if family < len(STABLE_CONNECTION) and before[family] is chunk:
-                continue
-            block = self._blocks[family][index]
-            if block.member(member) == chunk:
-                continue
-            pieces: list[bytes | memoryview] = [
-                block.member(m) for m in range(len(block.ends))]
-            pieces[member] = chunk
-            self._blocks[family][index] = _build(pieces)
-            changed = True
-        if changed:
+        if state.changed:
+            state.changed = False
             self._stable_generation += 1
 
     def _expire(self, now: float) -> None:
-        for state in self._order:
-            if state.stale_at is not None and now >= state.stale_at:
-                self._store(state, state.connection_chunks, state.expire(now))
+        for state in self.states.values():
+            if state.stale_at is not None and state.expire(now):
+                self._recorded(state)
 
     # Building the output.
 
@@ -395,23 +364,22 @@ class Store:
         exporter = [fmt.header(spec) + sample_lines(spec, "", self.exporter)
                     for spec in EXPORTER_METRICS]
         parts = [_utf8("".join(exporter))]
-        for (header, _), blocks in zip(self._family_headers(fmt), self._blocks, strict=True):
+        states = list(self.states.values())
+        for index, (header, _) in enumerate(self._family_headers(fmt)):
             parts.append(header)
-            parts.extend(block.plain for block in blocks if block.plain)
+            parts.extend(state.stable[index] for state in states if state.stable[index])
         return _Section(self._stable_generation, parts, sum(len(p) for p in parts))
 
     def _compress(self, fmt: Format, section: _Section) -> _Section:
-        """Add the deflate and CRC of a section, from the blocks' stored ones."""
-        crc = zlib.crc32(section.parts[0])
+        """Add the section's deflate, joined from stored chunks, and its CRC."""
+        crc = 0
+        for part in section.parts:
+            crc = zlib.crc32(part, crc)
         pieces = [_deflate(section.parts[0])]
-        for (header, deflated), blocks in zip(self._family_headers(fmt), self._blocks,
-                                              strict=True):
-            crc = zlib.crc32(header, crc)
+        states = list(self.states.values())
+        for index, (_, deflated) in enumerate(self._family_headers(fmt)):
             pieces.append(deflated)
-            for block in blocks:
-                if block.plain:
-                    crc = zlib.crc32(block.plain, crc)
-                    pieces.append(block.deflated)
+            pieces.extend(state.deflated[index] for state in states if state.stable[index])
         return replace(section, deflated=b"".join(pieces), crc=crc)
 
     def _family_headers(self, fmt: Format) -> list[tuple[bytes, bytes]]:
@@ -429,8 +397,7 @@ class Store:
             out = []
             for index, spec in enumerate(EVERY_POLL):
                 out.append(_utf8(fmt.header(spec)))
-                out.extend(state.every_poll_chunks[index] for state in self._order)
+                out.extend(state.every_poll_chunks[index] for state in self.states.values())
             cached = (self._every_poll_generation, b"".join(out))
             self._every_poll[fmt.openmetrics] = cached
         return cached[1]
-

@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import snapshot
-from exporter.metrics import EXPORTER_METRICS
+from exporter.metrics import DATABASE_METRICS, EXPORTER_METRICS, IDENTITY_LABELS, DatabaseView
 from exporter.models import parse_connection
-from exporter.render import negotiate, sample_lines
-from exporter.snapshot import BLOCK, EVERY_POLL, NO_DATABASES, STABLE_FAMILIES, Store
+from exporter.render import label_block, negotiate, sample_lines
+from exporter.snapshot import EVERY_POLL, FIRST_DATABASE_FAMILY, STABLE_FAMILIES, Store
 from tests.conftest import parse_exposition
 
-IDS = [str(uuid.UUID(int=n + 1)) for n in range(BLOCK * 2 + 3)]  # three blocks, one partial
+IDS = [str(uuid.UUID(int=n + 1)) for n in range(5)]
 TAIL = b"# HELP tail_metric A tail.\n# TYPE tail_metric gauge\ntail_metric 1\n"
 
 statuses = st.sampled_from(["running", "failed", "paused", "hibernating", None])
@@ -39,8 +39,14 @@ def _reference(store: Store, fmt: Any) -> bytes:
                        for s in EXPORTER_METRICS)
     rows = {}
     for state in store.states.values():
-        databases = state.render_databases(0) if state.serving_databases else NO_DATABASES
-        rows[state.id] = state.connection_chunks + tuple(databases.values())
+        databases = [b""] * len(DATABASE_METRICS)
+        if state.serving_databases:
+            assert state.data is not None
+            databases = ["".join(sample_lines(spec, label_block(
+                IDENTITY_LABELS["database"], (state.id, db.id, db.name)), DatabaseView(
+                db, state.status_since[db.id][1], 0)) for db in state.data.databases).encode()
+                for spec in DATABASE_METRICS]
+        rows[state.id] = (*state.stable[:FIRST_DATABASE_FAMILY], *databases)
     out = [exporter.encode()]
     for family, spec in enumerate(STABLE_FAMILIES):
         out.append(fmt.header(spec).encode())
@@ -79,6 +85,8 @@ def test_incremental_output_equals_a_fresh_build(sequence: list[tuple[str, str, 
         assert one_member.eof
         assert one_member.unused_data == b""
         assert gzip.decompress(compressed) == plain + TAIL
+    store.set_connections(IDS[1:4])  # a reload drops exactly the removed connections' series
+    assert store.body(negotiate(None)) == _reference(store, negotiate(None))
 
 
 def test_unchanged_data_is_not_rebuilt() -> None:
