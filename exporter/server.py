@@ -23,6 +23,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # A client must send its request head within this long, idle keep-alive included.
 HEAD_TIMEOUT = 30.0
 WRITE_SLICE = 256 * 1024
+BUFFER_HIGH = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -103,6 +104,11 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
                    headers=headers, body=body)
 
 
+async def _drain_if_full(writer: asyncio.StreamWriter) -> None:
+    if writer.transport.get_write_buffer_size() >= BUFFER_HIGH:
+        await writer.drain()
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -126,9 +132,10 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
     lines.extend(f"{name}: {value}" for name, value in response.headers)
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     if not head_only:
-        # Many small parts go out joined into slices of about WRITE_SLICE, large ones in
-        # slices: few system calls, a small transport buffer, and other clients are served
-        # between slices.
+        # Small parts go out joined into slices of about WRITE_SLICE, large ones in slices.
+        # The transport may buffer up to BUFFER_HIGH before we wait for the client: a
+        # scrape then hands its whole answer over in a few steps instead of waiting its
+        # turn in the event loop after every slice while polls are being processed.
         batch: list[bytes] = []
         size = 0
         for part in parts:
@@ -139,14 +146,14 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
                 view = memoryview(part)
                 for start in range(0, len(view), WRITE_SLICE):
                     writer.write(view[start:start + WRITE_SLICE])
-                    await writer.drain()
+                    await _drain_if_full(writer)
                 continue
             batch.append(part)
             size += len(part)
             if size >= WRITE_SLICE:
                 writer.write(b"".join(batch))
                 batch, size = [], 0
-                await writer.drain()
+                await _drain_if_full(writer)
         if batch:
             writer.write(b"".join(batch))
     await writer.drain()
@@ -154,6 +161,7 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
 
 async def _serve_connection(handler: Handler, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
+    writer.transport.set_write_buffer_limits(high=BUFFER_HIGH)
     try:
         while True:
             try:
