@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,13 @@ def canonical_id(value: object) -> str | None:
 
 def _str(value: object) -> str | None:
     return value[:MAX_LABEL_LENGTH] if isinstance(value, str) else None
+
+
+def _word(value: object) -> str | None:
+    """A short enum-like value, interned: 10,000 databases share one "running"."""
+    if isinstance(value, str) and len(value) <= 32:
+        return sys.intern(value)
+    return _str(value)
 
 
 def _number(value: object) -> float | None:
@@ -145,7 +153,7 @@ def _tags(value: object) -> tuple[Tag, ...]:
     seen: dict[tuple[str, str], Tag] = {}
     for item in value:
         if isinstance(item, dict) and isinstance(item.get("label"), str):
-            tag = Tag(label=item["label"][:MAX_LABEL_LENGTH], color=_str(item.get("color")) or "")
+            tag = Tag(label=item["label"][:MAX_LABEL_LENGTH], color=_word(item.get("color")) or "")
             # A repeated tag would render a duplicate series, which Prometheus rejects.
             seen.setdefault((tag.label, tag.color), tag)
     return tuple(seen.values())
@@ -187,20 +195,20 @@ def parse_database(raw: dict[str, Any], database_id: str) -> Database:
         name=_str(raw.get("name")) or "",
         customer_id=canonical_id(raw.get("customerId")),
         mysql_db=_str(raw.get("mysqlDb")),
-        sync_mode=_str(raw.get("syncMode")),
+        sync_mode=_word(raw.get("syncMode")),
         sync_interval=_number(raw.get("syncInterval")),
         task_cpu=_number(raw.get("taskCpu")),
         task_memory_mb=_number(raw.get("taskMemoryMb")),
-        log_level=_str(raw.get("logLevel")),
-        status=_str(raw.get("status")),
+        log_level=_word(raw.get("logLevel")),
+        status=_word(raw.get("status")),
         last_error=raw.get("lastError") if isinstance(raw.get("lastError"), str) else None,
         endpoint_url=_str(raw.get("endpointUrl")),
-        health_status=_str(raw.get("healthStatus")),
-        build_compute_override=_str(raw.get("buildComputeOverride")),
-        instance_size=_str(raw.get("instanceSize")),
-        region=_str(raw.get("region")),
+        health_status=_word(raw.get("healthStatus")),
+        build_compute_override=_word(raw.get("buildComputeOverride")),
+        instance_size=_word(raw.get("instanceSize")),
+        region=_word(raw.get("region")),
         binlog_server_id=_number(raw.get("binlogServerId")),
-        desired_state=_str(raw.get("desiredState")),
+        desired_state=_word(raw.get("desiredState")),
         custom_domain=_str(raw.get("reflexdbCustomDomain")),
         pause_schedule=parse_pause_schedule(raw.get("pauseSchedule")),
         tags=_tags(raw.get("tags")),
@@ -249,7 +257,7 @@ def parse_connection(payload: object) -> Connection:
     return Connection(
         name=_str(payload.get("name")),
         customer_id=canonical_id(payload.get("customerId")),
-        backend=_str(payload.get("backend")),
+        backend=_word(payload.get("backend")),
         host=_str(payload.get("mysqlHost")),
         port=_number(payload.get("mysqlPort")),
         available_schemas=len(schemas) if isinstance(schemas, list) else None,

@@ -23,6 +23,7 @@ import logging
 import struct
 import time
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -108,7 +109,9 @@ class ConnectionState:
         self.changed = False  # set when a stable chunk changes; the store clears it
         self._seen: dict[str, _Seen] = {}
         self._order: list[str] = []  # database IDs in the order their lines are stored
-        self._ends: list[list[int]] = [[] for _ in DATABASE_METRICS]  # where each one's end
+        # Where each database's lines end in each database family's chunk; a compact array
+        # since there are (databases x families) of them.
+        self._ends: list[array[int]] = [array("I") for _ in DATABASE_METRICS]
         self._render_connection()
 
     def record_success(self, data: Connection, now: float, duration: float,
@@ -152,7 +155,7 @@ class ConnectionState:
         self.stale_at = None
         self.serving_databases = False
         self._seen, self._order = {}, []
-        self._ends = [[] for _ in DATABASE_METRICS]
+        self._ends = [array("I") for _ in DATABASE_METRICS]
         for family in ALL_DATABASE_FAMILIES:
             self._set(FIRST_DATABASE_FAMILY + family, b"")
         log.info("connection data is stale; dropping its database series",
@@ -235,7 +238,7 @@ class ConnectionState:
         for family in families:
             spec = DATABASE_METRICS[family]
             old, ends = self.stable[FIRST_DATABASE_FAMILY + family], self._ends[family]
-            pieces, new_ends, total = [], [], 0
+            pieces, new_ends, total = [], array("I"), 0
             for entry, stored in rows:
                 if stored is not None and not (spec.follows_clock
                                                and entry.db.pause_schedule is not None):
