@@ -255,15 +255,29 @@ class ConnectionState:
         self.serving_databases = True
 
 
-@dataclass(frozen=True, slots=True)
-class _Section:
-    """The stable section, assembled for one format and one generation."""
+@dataclass(slots=True)
+class Section:
+    """The stable section for one format and one generation: plain parts in order, and
+    the deflate of each, captured together so compressing needs nothing else."""
 
     generation: int
     parts: list[bytes]
+    deflated_parts: list[bytes]
     length: int
     deflated: bytes | None = None
     crc: int = 0
+
+    def compress(self) -> None:
+        """Join the stored deflate and checksum the plain bytes.
+
+        It reads only this object, so it may run in a worker thread while polls go on;
+        zlib.crc32 releases the GIL, and this is most of a gzip scrape's work after a change.
+        """
+        crc = 0
+        for part in self.parts:
+            crc = zlib.crc32(part, crc)
+        self.crc = crc
+        self.deflated = b"".join(self.deflated_parts)  # set last: readers test this one
 
 
 class Store:
@@ -275,7 +289,7 @@ class Store:
         self.states: dict[str, ConnectionState] = {}
         self._stable_generation = 0
         self._every_poll_generation = 0
-        self._sections: dict[bool, _Section] = {}
+        self._sections: dict[bool, Section] = {}
         self._every_poll: dict[bool, tuple[int, bytes]] = {}
         self._headers: dict[bool, list[tuple[bytes, bytes]]] = {}
         self.set_connections(connection_ids)
@@ -335,15 +349,20 @@ class Store:
 
     def parts(self, fmt: Format) -> list[bytes]:
         """The exposition, less the tail, as a list of byte strings to send in order."""
-        return [*self._stable(fmt).parts, self._every_poll_section(fmt)]
+        return [*self.section(fmt).parts, self._every_poll_section(fmt)]
 
     def body(self, fmt: Format) -> bytes:
         """The exposition, less the tail, as one byte string."""
         return b"".join(self.parts(fmt))
 
-    def gzip(self, fmt: Format, tail: bytes) -> list[bytes]:
-        """One gzip stream of the exposition followed by ``tail``, as parts to send."""
-        section = self._stable(fmt, compressed=True)
+    def gzip(self, fmt: Format, tail: bytes, section: Section | None = None) -> list[bytes]:
+        """One gzip stream of the exposition followed by ``tail``, as parts to send.
+
+        ``section``, if given, is one this store returned and that has been compressed.
+        """
+        if section is None:
+            section = self.section(fmt)
+            section.compress()
         assert section.deflated is not None
         fresh = self._every_poll_section(fmt) + tail
         compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
@@ -352,38 +371,28 @@ class Store:
         trailer = struct.pack("<II", crc, (section.length + len(fresh)) & 0xFFFFFFFF)
         return [GZIP_HEADER, section.deflated, closing + trailer]
 
-    def _stable(self, fmt: Format, compressed: bool = False) -> _Section:
+    def section(self, fmt: Format) -> Section:
         """The stable section for ``fmt``, reassembled only after a change."""
         self._expire(time.time())
         section = self._sections.get(fmt.openmetrics)
         if section is None or section.generation != self._stable_generation:
             section = self._assemble(fmt)
-        if compressed and section.deflated is None:
-            section = self._compress(fmt, section)
-        self._sections[fmt.openmetrics] = section
+            self._sections[fmt.openmetrics] = section
         return section
 
-    def _assemble(self, fmt: Format) -> _Section:
-        exporter = [fmt.header(spec) + sample_lines(spec, "", self.exporter)
-                    for spec in EXPORTER_METRICS]
-        parts = [_utf8("".join(exporter))]
+    def _assemble(self, fmt: Format) -> Section:
+        exporter = _utf8("".join(fmt.header(spec) + sample_lines(spec, "", self.exporter)
+                                 for spec in EXPORTER_METRICS))
+        parts, deflated = [exporter], [_deflate(exporter)]
         states = list(self.states.values())
-        for index, (header, _) in enumerate(self._family_headers(fmt)):
+        for index, (header, header_deflated) in enumerate(self._family_headers(fmt)):
             parts.append(header)
-            parts.extend(state.stable[index] for state in states if state.stable[index])
-        return _Section(self._stable_generation, parts, sum(len(p) for p in parts))
-
-    def _compress(self, fmt: Format, section: _Section) -> _Section:
-        """Add the section's deflate, joined from stored chunks, and its CRC."""
-        crc = 0
-        for part in section.parts:
-            crc = zlib.crc32(part, crc)
-        pieces = [_deflate(section.parts[0])]
-        states = list(self.states.values())
-        for index, (_, deflated) in enumerate(self._family_headers(fmt)):
-            pieces.append(deflated)
-            pieces.extend(state.deflated[index] for state in states if state.stable[index])
-        return replace(section, deflated=b"".join(pieces), crc=crc)
+            deflated.append(header_deflated)
+            for state in states:
+                if state.stable[index]:
+                    parts.append(state.stable[index])
+                    deflated.append(state.deflated[index])
+        return Section(self._stable_generation, parts, deflated, sum(len(p) for p in parts))
 
     def _family_headers(self, fmt: Format) -> list[tuple[bytes, bytes]]:
         """Each stable family's HELP/TYPE lines for ``fmt``, plain and deflated."""
