@@ -7,7 +7,7 @@ import math
 import re
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import (
@@ -81,6 +81,7 @@ def canonical_uuid(value: object) -> str:
         raise ValueError("not a UUID") from None
 
 
+M = TypeVar("M", bound=BaseModel)
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 ConnectionId = Annotated[str, BeforeValidator(canonical_uuid)]
@@ -170,6 +171,11 @@ def _message(error: Any) -> str:
 
 def parse_config(text: str) -> Config:
     """Validate config text, raising ``ConfigError`` that names every bad key by its path."""
+    return parse_yaml(text, Config)
+
+
+def parse_yaml(text: str, model: type[M]) -> M:
+    """Validate YAML text against a model; ConfigError names every bad key by its path."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -182,7 +188,7 @@ def parse_config(text: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(["(top level): expected a mapping of keys"])
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc)) from None
 

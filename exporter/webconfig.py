@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import bcrypt
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from exporter.config import ConfigError, validation_problems
+from exporter.config import parse_yaml
 from exporter.server import Handler, Request, Response
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -70,16 +69,7 @@ class WebConfig(_Strict):
 
 def parse_web_config(text: str) -> WebConfig:
     """Validate web config text; ConfigError names every bad key by its path."""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
-        raise ConfigError(["(yaml): invalid YAML"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(["(top level): expected a mapping of keys"])
-    try:
-        return WebConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_problems(exc)) from None
+    return parse_yaml(text, WebConfig)
 
 
 def server_ssl_context(tls: TLSServerConfig, base: Path) -> ssl.SSLContext:

@@ -124,6 +124,17 @@ def test_example_web_config_passes_promtool(tmp_path: Path) -> None:
     assert parsed.basic_auth_users
 
 
+def _config_check(tmp_path: Path, web_text: str) -> subprocess.CompletedProcess[str]:
+    """Run --config.check with a valid config and the given web config."""
+    web = tmp_path / "web.yml"
+    web.write_text(web_text)
+    config = tmp_path / "config.yaml"
+    config.write_text("connections:\n  - id: 2489E9AD-2EE2-8E00-8EC9-32D5F69181C0\n")
+    return subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file",
+                           str(config), "--web.config.file", str(web)],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+
+
 @pytest.mark.parametrize(("text", "problem"), [
     ("basic_auth_users:\n  u: plain-text\n", "basic_auth_users.u: not a bcrypt hash"),
     ("tls_server_config:\n  cert_file: a\n", "tls_server_config.key_file: required key"),
@@ -133,13 +144,7 @@ def test_example_web_config_passes_promtool(tmp_path: Path) -> None:
 ])
 def test_bad_web_config_names_the_key(tmp_path: Path, text: str, problem: str) -> None:
     """A bad --web.config.file exits 1 naming the key by its path, with no traceback."""
-    path = tmp_path / "web.yml"
-    path.write_text(text)
-    config = tmp_path / "config.yaml"
-    config.write_text("connections:\n  - id: 2489E9AD-2EE2-8E00-8EC9-32D5F69181C0\n")
-    result = subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file",
-                             str(config), "--web.config.file", str(path)],
-                            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    result = _config_check(tmp_path, text)
     assert result.returncode == 1
     assert problem in result.stderr
     assert "Traceback" not in result.stderr
@@ -147,13 +152,8 @@ def test_bad_web_config_names_the_key(tmp_path: Path, text: str, problem: str) -
 
 def test_missing_certificate_is_a_clear_error(tmp_path: Path) -> None:
     """A TLS certificate that cannot be read stops startup with a message, not a traceback."""
-    path = tmp_path / "web.yml"
-    path.write_text("tls_server_config:\n  cert_file: nope.crt\n  key_file: nope.key\n")
-    config = tmp_path / "config.yaml"
-    config.write_text("connections:\n  - id: 2489E9AD-2EE2-8E00-8EC9-32D5F69181C0\n")
-    result = subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file",
-                             str(config), "--web.config.file", str(path)],
-                            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    result = _config_check(tmp_path, "tls_server_config:\n  cert_file: nope.crt\n"
+                                     "  key_file: nope.key\n")
     assert result.returncode == 1
     assert "tls_server_config: cannot load the certificate" in result.stderr
 
