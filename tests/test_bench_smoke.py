@@ -1,0 +1,45 @@
+"""The benchmark harness (benchmarks/) runs end to end on a tiny fleet and reports every target."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.e2e
+
+# The start of each target row of the table; each line must end in a verdict.
+TARGET_ROWS = (
+    "Scrape, plain text (median)",
+    "Scrape, gzip (median)",
+    "Speed-up vs naive, plain text (median)",
+    "Speed-up vs naive, gzip (median)",
+    "Resident memory (VmRSS, steady-state mean)",
+    "CPU per scrape, polls included",
+    "p99 scrape, every answer changing, plain text",
+    "p99 scrape, every answer changing, gzip",
+    "Change visible on /metrics",
+)
+
+
+def test_quick_benchmark_prints_every_target_row(tmp_path: Path) -> None:
+    """``python -m benchmarks --quick`` exits 0 and prints a verdict for every target row."""
+    output = tmp_path / "latest.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for row in TARGET_ROWS:
+        found = [line for line in lines if line.startswith(row)]
+        assert len(found) == 1, f"{row!r} not once in:\n{result.stdout}"
+        assert found[0].endswith((" yes", " NO")), found[0]
+    assert "targets met" in result.stdout
+    markdown = output.read_text(encoding="utf-8")
+    for row in TARGET_ROWS:
+        assert f"| {row}" in markdown
+    assert "## Details" in markdown
