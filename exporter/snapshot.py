@@ -26,7 +26,7 @@ import zlib
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from exporter.metrics import (
@@ -69,6 +69,20 @@ def _deflate(data: bytes) -> bytes:
         return _EMPTY_DEFLATE
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Database) if f.name not in ("id", "name"))
+
+
+def _changed_fields(previous: _Seen, db: Database, since: float) -> frozenset[str]:
+    """The fields (and "status_since") in which a database differs from how it was rendered."""
+    if previous.db == db:
+        return frozenset() if previous.since == since else frozenset(("status_since",))
+    changed = {name for name in _RECORD_FIELDS
+               if getattr(previous.db, name) != getattr(db, name)}
+    if previous.since != since:
+        changed.add("status_since")
+    return frozenset(changed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,24 +238,27 @@ class ConnectionState:
         position = {database_id: index for index, database_id in enumerate(self._order)}
         names = IDENTITY_LABELS["database"]
         seen: dict[str, _Seen] = {}
-        rows: list[tuple[_Seen, int | None]] = []
+        # Per database: its stored position and what changed since (None: render it anew).
+        rows: list[tuple[_Seen, int | None, frozenset[str] | None]] = []
         for db in self.data.databases:
             since = self.status_since[db.id][1]
             previous = self._seen.get(db.id)
-            if previous is not None and previous.db == db and previous.since == since:
-                rows.append((previous, position[db.id]))
-                seen[db.id] = previous
+            if previous is None or previous.db.name != db.name:
+                identity = label_block(names, (self.id, db.id, db.name))
+                seen[db.id] = current = _Seen(db, since, identity)
+                rows.append((current, None, None))
                 continue
-            identity = label_block(names, (self.id, db.id, db.name))
-            seen[db.id] = current = _Seen(db, since, identity)
-            rows.append((current, None))
+            differences = _changed_fields(previous, db, since)
+            seen[db.id] = previous if not differences else _Seen(db, since, previous.identity)
+            rows.append((seen[db.id], position[db.id], differences))
         for family in families:
             spec = DATABASE_METRICS[family]
             old, ends = self.stable[FIRST_DATABASE_FAMILY + family], self._ends[family]
             pieces, new_ends, total = [], array("I"), 0
-            for entry, stored in rows:
-                if stored is not None and not (spec.follows_clock
-                                               and entry.db.pause_schedule is not None):
+            for entry, stored, changed in rows:
+                if (stored is not None and changed is not None
+                        and (not changed or (spec.reads and changed.isdisjoint(spec.reads)))
+                        and not (spec.follows_clock and entry.db.pause_schedule is not None)):
                     piece = old[ends[stored - 1] if stored else 0:ends[stored]]
                 else:
                     view = DatabaseView(db=entry.db, status_since=entry.since, now=now)

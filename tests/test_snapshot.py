@@ -7,6 +7,7 @@ import uuid
 import zlib
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,16 +22,36 @@ IDS = [str(uuid.UUID(int=n + 1)) for n in range(5)]
 TAIL = b"# HELP tail_metric A tail.\n# TYPE tail_metric gauge\ntail_metric 1\n"
 
 statuses = st.sampled_from(["running", "failed", "paused", "hibernating", None])
-databases = st.lists(st.tuples(st.integers(0, 6), statuses, st.text(max_size=8)), max_size=4)
+# Every other field the metrics read, each drawn from a couple of values, so a family whose
+# declared ``reads`` missed a field would keep stale lines and differ from the reference.
+other_fields = st.fixed_dictionaries({}, optional={
+    "customerId": st.sampled_from([str(uuid.UUID(int=77)), "x"]),
+    "mysqlDb": st.sampled_from(["a", "b"]), "region": st.sampled_from(["eu", "us"]),
+    "logLevel": st.sampled_from(["info", "debug"]), "endpointUrl": st.sampled_from(["u", None]),
+    "reflexdbCustomDomain": st.sampled_from(["d", None]),
+    "buildComputeOverride": st.sampled_from(["L", None]),
+    "healthStatus": st.sampled_from(["ok", "degraded", None]),
+    "instanceSize": st.sampled_from(["nano", "large"]), "syncMode": st.sampled_from(["poll"]),
+    "syncInterval": st.sampled_from([60, 120]), "taskCpu": st.sampled_from([256, 512]),
+    "taskMemoryMb": st.sampled_from([512, 1024]), "desiredState": st.sampled_from(["x", None]),
+    "lastError": st.sampled_from(["e", None]),
+    "createdAt": st.sampled_from(["2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"]),
+    "updatedAt": st.sampled_from(["2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z"]),
+    "pauseSchedule": st.sampled_from([None, {"pauseAt": "bad", "resumeAt": "01:00",
+                                             "days": []}]),
+    "tags": st.sampled_from([[], [{"label": "t", "color": "red"}]]),
+})
+databases = st.lists(st.tuples(st.integers(0, 6), statuses, st.text(max_size=8), other_fields),
+                     max_size=4)
 events = st.lists(st.tuples(
     st.sampled_from(IDS), st.sampled_from(["success", "unchanged", "failure", "expire"]),
     databases), min_size=1, max_size=25)
 
 
-def _answer(records: list[tuple[int, Any, str]]) -> Any:
+def _answer(records: list[tuple[int, Any, str, dict[str, Any]]]) -> Any:
     return parse_connection({"name": "c", "databases": [
-        {"id": str(uuid.UUID(int=1000 + n)), "status": status, "name": name}
-        for n, status, name in records]})
+        {**other, "id": str(uuid.UUID(int=1000 + n)), "status": status, "name": name}
+        for n, status, name, other in records]})
 
 
 def _reference(store: Store, fmt: Any) -> bytes:
@@ -92,11 +113,11 @@ def test_incremental_output_equals_a_fresh_build(sequence: list[tuple[str, str, 
 def test_unchanged_data_is_not_rebuilt() -> None:
     """A poll whose answer renders the same bytes leaves the stable section's cache intact."""
     store = Store(IDS[:3], stale_after=300)
-    store.success(IDS[0], _answer([(1, "running", "a")]), 0.01)
+    store.success(IDS[0], _answer([(1, "running", "a", {})]), 0.01)
     fmt = negotiate(None)
     first = store.parts(fmt)
     store.unchanged(IDS[0], 0.02)
-    store.success(IDS[0], _answer([(1, "running", "a")]), 0.03)
+    store.success(IDS[0], _answer([(1, "running", "a", {})]), 0.03)
     second = store.parts(fmt)
     assert all(a is b for a, b in zip(first[:-1], second[:-1], strict=True))
     assert first[-1] != second[-1]  # the every-poll section (counters, timestamps) moved
@@ -123,3 +144,36 @@ def test_pause_window_moves_on_an_unchanged_answer(monkeypatch: Any) -> None:
     monkeypatch.setattr(snapshot.time, "time", lambda: outside)
     store.unchanged(IDS[0], 0.01)
     assert window() == 0
+
+
+FIELD_CHANGES = {
+    "customerId": (str(uuid.UUID(int=77)), str(uuid.UUID(int=78))), "mysqlDb": ("a", "b"),
+    "region": ("eu", "us"), "logLevel": ("info", "debug"), "endpointUrl": ("u", None),
+    "reflexdbCustomDomain": ("d", None), "buildComputeOverride": ("L", None),
+    "healthStatus": ("ok", "degraded"), "instanceSize": ("nano", "large"),
+    "syncMode": ("poll", "cdc"), "syncInterval": (60, 120), "taskCpu": (256, 512),
+    "taskMemoryMb": (512, 1024), "desiredState": ("running", None), "lastError": ("e", None),
+    "createdAt": ("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"),
+    "updatedAt": ("2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z"),
+    "pauseSchedule": (None, {"pauseAt": "bad", "resumeAt": "01:00", "days": []}),
+    "tags": ([], [{"label": "t", "color": "red"}]), "status": ("running", "failed"),
+    "binlogServerId": (1, 2),
+}
+
+
+def test_field_changes_cover_every_record_field() -> None:
+    """The table below names every field of the API's database record that the models read."""
+    assert len(FIELD_CHANGES) == len(snapshot._RECORD_FIELDS)
+
+
+@pytest.mark.parametrize("field", sorted(FIELD_CHANGES))
+def test_a_change_in_one_field_reaches_every_family_that_reads_it(field: str) -> None:
+    """Changing one field re-renders exactly what depends on it: the output equals a fresh
+    render, so no family's declared ``reads`` misses a field it shows."""
+    before, after = FIELD_CHANGES[field]
+    base = {"id": str(uuid.UUID(int=9)), "name": "n", "status": "running"}
+    store = Store(IDS[:1], stale_after=300)
+    store.success(IDS[0], parse_connection({"databases": [{**base, field: before}]}), 0.01)
+    store.success(IDS[0], parse_connection({"databases": [{**base, field: after}]}), 0.01)
+    fmt = negotiate(None)
+    assert store.body(fmt) == _reference(store, fmt)
