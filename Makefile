@@ -23,13 +23,14 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-run
 	$(BIN)/reflexdb-exporter --demo
 
-# promtool, prometheus and alertmanager for the tests come from Debian's packages.
+# promtool, prometheus and alertmanager for the tests come from Debian's packages; curl is a
+# real client the tests use, openssl makes their throwaway certificates.
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-		|| ! command -v curl >/dev/null; then \
-		echo "installing Debian's prometheus, prometheus-alertmanager and curl"; \
+		|| ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then \
+		echo "installing Debian's prometheus, prometheus-alertmanager, curl and openssl"; \
 		$(APT) update -q && $(APT) install -y -q --no-install-recommends \
-			prometheus prometheus-alertmanager curl; \
+			prometheus prometheus-alertmanager curl openssl; \
 	fi
 
 lint: $(VENV)/.installed-test
