@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import time
 from collections.abc import Awaitable, Callable
@@ -53,7 +52,7 @@ class ExporterApp:
         if request.method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed\n", headers=[("Allow", "GET, HEAD")])
         if request.path == self.telemetry_path:
-            return await self.metrics(request)
+            return self.metrics(request)
         if request.path == "/":
             return self.landing()
         if request.path == "/-/healthy":
@@ -64,19 +63,14 @@ class ExporterApp:
             return Response(503, b"Not ready: some connections have not been polled yet.\n")
         return Response(404, b"not found\n")
 
-    async def metrics(self, request: Request) -> Response:
+    def metrics(self, request: Request) -> Response:
         """The exposition in the negotiated format, gzipped when the scraper allows."""
         fmt = negotiate(request.headers.get("accept"))
         headers = [("Vary", "Accept, Accept-Encoding")]
         if accepts_gzip(request.headers.get("accept-encoding")):
-            section = self.store.section(fmt)
-            if section.deflated is None:
-                # Checksumming tens of MiB after a change: off the event loop, so polls and
-                # other scrapes go on meanwhile.
-                await asyncio.to_thread(section.compress)
             headers.append(("Content-Encoding", "gzip"))
-            body = self.store.gzip(fmt, fmt.process_metrics(), section)
-            return Response(200, body, fmt.content_type, headers)
+            return Response(200, self.store.gzip(fmt, fmt.process_metrics()), fmt.content_type,
+                            headers)
         return Response(200, [*self.store.parts(fmt), fmt.process_metrics()], fmt.content_type,
                         headers)
 

@@ -11,16 +11,16 @@ The output is kept in three sections, each family grouped as the text formats re
   connection), joined at scrape time when they changed.
 - tail: prometheus_client's process metrics, produced by the HTTP layer per scrape.
 
-A gzip answer is one valid gzip stream: each stored chunk was compressed as raw deflate ending
-in a sync flush, so the chunks concatenate; the every-poll section and the tail are
-compressed fresh and close the stream; the CRC-32 of the whole is the stable section's CRC
-(computed once per change) continued over the fresh bytes.
+A gzip answer is one valid gzip stream (see deflate.py): each stored chunk was compressed on
+its own, so the chunks concatenate; the every-poll section and the tail are compressed fresh
+and close the stream. Each family keeps its parts, joined deflate and CRC until one of its
+chunks changes, so after a poll a scrape re-checksums only the families that poll touched
+and combines the rest from their CRCs.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import time
 import zlib
 from array import array
@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from exporter import deflate
 from exporter.metrics import (
     CONNECTION_METRICS,
     DATABASE_METRICS,
@@ -44,10 +45,6 @@ from exporter.render import Format, label_block, sample_lines
 
 log = logging.getLogger(__name__)
 
-# Level 1 keeps compression cheap; exposition text is so repetitive that it still shrinks ~10x.
-GZIP_LEVEL = 1
-GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-
 STABLE_CONNECTION = tuple(s for s in CONNECTION_METRICS if not s.every_poll)
 EVERY_POLL = tuple(s for s in CONNECTION_METRICS if s.every_poll)
 # The families of the stable section that come from connections, in output order.
@@ -55,20 +52,11 @@ STABLE_FAMILIES: tuple[MetricSpec[Any], ...] = STABLE_CONNECTION + DATABASE_METR
 FIRST_DATABASE_FAMILY = len(STABLE_CONNECTION)
 ALL_DATABASE_FAMILIES = tuple(range(len(DATABASE_METRICS)))
 CLOCK_FAMILIES = tuple(i for i, spec in enumerate(DATABASE_METRICS) if spec.follows_clock)
-_EMPTY_DEFLATE = b""
 
 
 def _utf8(text: str) -> bytes:
     """UTF-8 bytes; a lone surrogate (JSON allows ``"\\ud800"``) becomes ``?``."""
     return text.encode("utf-8", "replace")
-
-
-def _deflate(data: bytes) -> bytes:
-    """Raw deflate ending in a sync flush, so the result can be followed by more deflate."""
-    if not data:
-        return _EMPTY_DEFLATE
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Database) if f.name not in ("id", "name"))
@@ -118,9 +106,9 @@ class ConnectionState:
         self.serving_databases = False  # whether its database series are in the output
         # Lines of each stable family (STABLE_FAMILIES order) and their raw deflate.
         self.stable: list[bytes] = [b""] * len(STABLE_FAMILIES)
-        self.deflated: list[bytes] = [_EMPTY_DEFLATE] * len(STABLE_FAMILIES)
+        self.deflated: list[bytes] = [b""] * len(STABLE_FAMILIES)
         self.every_poll_chunks: tuple[bytes, ...] = ()
-        self.changed = False  # set when a stable chunk changes; the store clears it
+        self.changed: set[int] = set()  # stable families whose chunk changed; the store clears it
         self._seen: dict[str, _Seen] = {}
         self._order: list[str] = []  # database IDs in the order their lines are stored
         # Where each database's lines end in each database family's chunk; a compact array
@@ -192,8 +180,8 @@ class ConnectionState:
         """Store a stable family's new lines, compressing them only if they differ."""
         if chunk != self.stable[index]:
             self.stable[index] = chunk
-            self.deflated[index] = _deflate(chunk)
-            self.changed = True
+            self.deflated[index] = deflate.piece(chunk)
+            self.changed.add(index)
 
     def _track_statuses(self, data: Connection, now: float) -> None:
         """Remember when each database's status began; forget databases that left."""
@@ -272,29 +260,26 @@ class ConnectionState:
         self.serving_databases = True
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One stable family in one format: header and chunks, their joined deflate and CRC."""
+
+    version: int
+    parts: list[bytes]
+    deflated: bytes
+    crc: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
 class Section:
-    """The stable section for one format and one generation: plain parts in order, and
-    the deflate of each, captured together so compressing needs nothing else."""
+    """The stable section for one format and one generation."""
 
     generation: int
     parts: list[bytes]
-    deflated_parts: list[bytes]
+    deflated: bytes
+    crc: int
     length: int
-    deflated: bytes | None = None
-    crc: int = 0
-
-    def compress(self) -> None:
-        """Join the stored deflate and checksum the plain bytes.
-
-        It reads only this object, so it may run in a worker thread while polls go on;
-        zlib.crc32 releases the GIL, and this is most of a gzip scrape's work after a change.
-        """
-        crc = 0
-        for part in self.parts:
-            crc = zlib.crc32(part, crc)
-        self.crc = crc
-        self.deflated = b"".join(self.deflated_parts)  # set last: readers test this one
 
 
 class Store:
@@ -307,8 +292,9 @@ class Store:
         self._stable_generation = 0
         self._every_poll_generation = 0
         self._sections: dict[bool, Section] = {}
+        self._family_versions = [0] * len(STABLE_FAMILIES)
+        self._families: dict[bool, list[_Family | None]] = {}
         self._every_poll: dict[bool, tuple[int, bytes]] = {}
-        self._headers: dict[bool, list[tuple[bytes, bytes]]] = {}
         self.set_connections(connection_ids)
 
     # Recording what the poller learned.
@@ -318,6 +304,7 @@ class Store:
         the rest."""
         self.states = {cid: self.states.get(cid) or ConnectionState(cid)
                        for cid in connection_ids}
+        self._family_versions = [v + 1 for v in self._family_versions]
         self._every_poll_generation += 1
         self.set_exporter(replace(self.exporter, connections=len(self.states)))
 
@@ -354,7 +341,9 @@ class Store:
     def _recorded(self, state: ConnectionState) -> None:
         self._every_poll_generation += 1
         if state.changed:
-            state.changed = False
+            for family in state.changed:
+                self._family_versions[family] += 1
+            state.changed.clear()
             self._stable_generation += 1
 
     def _expire(self, now: float) -> None:
@@ -372,21 +361,13 @@ class Store:
         """The exposition, less the tail, as one byte string."""
         return b"".join(self.parts(fmt))
 
-    def gzip(self, fmt: Format, tail: bytes, section: Section | None = None) -> list[bytes]:
-        """One gzip stream of the exposition followed by ``tail``, as parts to send.
-
-        ``section``, if given, is one this store returned and that has been compressed.
-        """
-        if section is None:
-            section = self.section(fmt)
-            section.compress()
-        assert section.deflated is not None
+    def gzip(self, fmt: Format, tail: bytes) -> list[bytes]:
+        """One gzip stream of the exposition followed by ``tail``, as parts to send."""
+        section = self.section(fmt)
         fresh = self._every_poll_section(fmt) + tail
-        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-        closing = compressor.compress(fresh) + compressor.flush(zlib.Z_FINISH)
         crc = zlib.crc32(fresh, section.crc)
-        trailer = struct.pack("<II", crc, (section.length + len(fresh)) & 0xFFFFFFFF)
-        return [GZIP_HEADER, section.deflated, closing + trailer]
+        return [deflate.HEADER, section.deflated,
+                deflate.closing(fresh) + deflate.trailer(crc, section.length + len(fresh))]
 
     def section(self, fmt: Format) -> Section:
         """The stable section for ``fmt``, reassembled only after a change."""
@@ -400,25 +381,35 @@ class Store:
     def _assemble(self, fmt: Format) -> Section:
         exporter = _utf8("".join(fmt.header(spec) + sample_lines(spec, "", self.exporter)
                                  for spec in EXPORTER_METRICS))
-        parts, deflated = [exporter], [_deflate(exporter)]
-        states = list(self.states.values())
-        for index, (header, header_deflated) in enumerate(self._family_headers(fmt)):
-            parts.append(header)
-            deflated.append(header_deflated)
-            for state in states:
-                if state.stable[index]:
-                    parts.append(state.stable[index])
-                    deflated.append(state.deflated[index])
-        return Section(self._stable_generation, parts, deflated, sum(len(p) for p in parts))
+        parts, deflated = [exporter], [deflate.piece(exporter)]
+        crc, length = zlib.crc32(exporter), len(exporter)
+        for family in self._current_families(fmt):
+            parts.extend(family.parts)
+            deflated.append(family.deflated)
+            crc = deflate.crc32_combine(crc, family.crc, family.length)
+            length += family.length
+        return Section(self._stable_generation, parts, b"".join(deflated), crc, length)
 
-    def _family_headers(self, fmt: Format) -> list[tuple[bytes, bytes]]:
-        """Each stable family's HELP/TYPE lines for ``fmt``, plain and deflated."""
-        headers = self._headers.get(fmt.openmetrics)
-        if headers is None:
-            plain = [_utf8(fmt.header(spec)) for spec in STABLE_FAMILIES]
-            headers = [(text, _deflate(text)) for text in plain]
-            self._headers[fmt.openmetrics] = headers
-        return headers
+    def _current_families(self, fmt: Format) -> list[_Family]:
+        """Every stable family for ``fmt``, rebuilt only where a chunk changed."""
+        cache = self._families.setdefault(fmt.openmetrics, [None] * len(STABLE_FAMILIES))
+        states = list(self.states.values())
+        for index, spec in enumerate(STABLE_FAMILIES):
+            cached = cache[index]
+            if cached is not None and cached.version == self._family_versions[index]:
+                continue
+            header = _utf8(fmt.header(spec))
+            parts, pieces = [header], [deflate.piece(header)]
+            crc = zlib.crc32(header)
+            for state in states:
+                chunk = state.stable[index]
+                if chunk:
+                    parts.append(chunk)
+                    pieces.append(state.deflated[index])
+                    crc = zlib.crc32(chunk, crc)
+            cache[index] = _Family(self._family_versions[index], parts, b"".join(pieces), crc,
+                                   sum(len(part) for part in parts))
+        return [family for family in cache if family is not None]
 
     def _every_poll_section(self, fmt: Format) -> bytes:
         cached = self._every_poll.get(fmt.openmetrics)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import snapshot
+from exporter import deflate, snapshot
 from exporter.metrics import DATABASE_METRICS, EXPORTER_METRICS, IDENTITY_LABELS, DatabaseView
 from exporter.models import parse_connection
 from exporter.render import label_block, negotiate, sample_lines
@@ -177,3 +177,11 @@ def test_a_change_in_one_field_reaches_every_family_that_reads_it(field: str) ->
     store.success(IDS[0], parse_connection({"databases": [{**base, field: after}]}), 0.01)
     fmt = negotiate(None)
     assert store.body(fmt) == _reference(store, fmt)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000), st.binary(max_size=3000))
+def test_crc32_combine_matches_zlib(first: bytes, second: bytes) -> None:
+    """The CRC of a concatenation derived from the pieces' CRCs equals zlib's own."""
+    assert deflate.crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)) == (
+        zlib.crc32(first + second))
