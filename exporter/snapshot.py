@@ -239,8 +239,16 @@ class ConnectionState:
             differences = _changed_fields(previous, db, since)
             seen[db.id] = previous if not differences else _Seen(db, since, previous.identity)
             rows.append((seen[db.id], position[db.id], differences))
+        # When every database is where it was and none changed a field a family reads, that
+        # family's stored chunk is already right: skip it without touching its lines.
+        in_place = [stored for _, stored, _ in rows] == list(range(len(self._order)))
+        changed_anywhere: set[str] = set().union(*(c for _, _, c in rows if c is not None))
+        scheduled = any(entry.db.pause_schedule is not None for entry, _, _ in rows)
         for family in families:
             spec = DATABASE_METRICS[family]
+            if (in_place and spec.reads and changed_anywhere.isdisjoint(spec.reads)
+                    and not (spec.follows_clock and scheduled)):
+                continue
             old, ends = self.stable[FIRST_DATABASE_FAMILY + family], self._ends[family]
             pieces, new_ends, total = [], array("I"), 0
             for entry, stored, changed in rows:
