@@ -51,7 +51,6 @@ import random
 import secrets
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,6 +63,7 @@ from benchmarks.harness import (
     ROOT,
     BenchError,
     Client,
+    Periodic,
     Proc,
     RssSampler,
     Scrape,
@@ -177,29 +177,21 @@ class Results:
     load: list[tuple[float, float, float]] = field(default_factory=list)
 
 
-class Ticker:
+class Ticker(Periodic):
     """Advances a simulator's fleet every ``period`` seconds in a background thread."""
 
     def __init__(self, url: str, period: float) -> None:
-        self.url = url
-        self.period = period
         self.ticks = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._http = httpx.Client(base_url=url, timeout=60)
+        super().__init__(period, self._tick, first_at_once=False)
 
-    def __enter__(self) -> Ticker:
-        self._thread.start()
-        return self
+    def _tick(self) -> None:
+        self._http.post("/_sim/tick").raise_for_status()
+        self.ticks += 1
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=60) as http:
-            while not self._stop.wait(self.period):
-                http.post(f"{self.url}/_sim/tick").raise_for_status()
-                self.ticks += 1
+        super().__exit__(*exc)
+        self._http.close()
 
 
 class Bench:

@@ -109,22 +109,17 @@ class Proc:
         self._log.close()
 
 
-class RssSampler:
-    """Samples a process's VmRSS in a background thread, for its mean and peak over a window.
+class Periodic:
+    """Calls ``step`` every ``every`` seconds in a background thread, inside a with block."""
 
-    One reading is a poor measure for a process whose memory swings with every scrape (the
-    naive exporter builds the whole body as one string); the mean over a steady-state window is
-    what it holds resident on average, and the peak is what a memory limit must allow.
-    """
-
-    def __init__(self, proc: Proc, every: float = 0.2) -> None:
-        self.proc = proc
+    def __init__(self, every: float, step: Callable[[], None], first_at_once: bool) -> None:
         self.every = every
-        self.samples: list[int] = []
+        self._step = step
+        self._first = first_at_once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Periodic:
         self._thread.start()
         return self
 
@@ -133,10 +128,24 @@ class RssSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        while True:
-            self.samples.append(self.proc.memory()["VmRSS"])
-            if self._stop.wait(self.every):
-                return
+        if self._first:
+            self._step()
+        while not self._stop.wait(self.every):
+            self._step()
+
+
+class RssSampler(Periodic):
+    """Samples a process's VmRSS in a background thread, for its mean and peak over a window.
+
+    One reading is a poor measure for a process whose memory swings with every scrape (the
+    naive exporter builds the whole body as one string); the mean over a steady-state window is
+    what it holds resident on average, and the peak is what a memory limit must allow.
+    """
+
+    def __init__(self, proc: Proc, every: float = 0.2) -> None:
+        self.samples: list[int] = []
+        super().__init__(every, lambda: self.samples.append(proc.memory()["VmRSS"]),
+                         first_at_once=True)
 
     @property
     def mean(self) -> float:
