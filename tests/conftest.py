@@ -168,6 +168,11 @@ class Simulator:
         """Make the API answer this connection with an injected fault."""
         self.control("PUT", f"connections/{connection_id}/fault", fault)
 
+    def hang(self) -> None:
+        """Make every API request of every connection hang for an hour."""
+        for connection_id in self.connection_ids:
+            self.fault(connection_id, status=200, body="{}", delay=3600)
+
     def clear_fault(self, connection_id: str) -> None:
         """Let the API answer this connection normally again."""
         self.control("DELETE", f"connections/{connection_id}/fault")
@@ -256,6 +261,11 @@ def exporter_config(sim: Simulator, **overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+def patient_config(sim: Simulator) -> dict[str, Any]:
+    """A config whose requests wait 60 s, so a hanging API keeps polls in flight."""
+    return exporter_config(sim, api={"url": sim.config["api"]["url"], "timeout": "60s"})
 
 
 @pytest.fixture

@@ -10,7 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Exporter, Scrape, Simulator, exporter_config, free_port
+from tests.conftest import (
+    Exporter,
+    Scrape,
+    Simulator,
+    exporter_config,
+    free_port,
+    patient_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -238,11 +245,9 @@ def test_stale_database_series_expire(simulator: Simulator,
 def test_metrics_answer_while_the_api_hangs(simulator: Simulator,
                                             start_exporter: Callable[..., Exporter]) -> None:
     """With every API request hanging, scrapes still answer at once from the cache."""
-    exporter = start_exporter(exporter_config(simulator, api={
-        "url": simulator.config["api"]["url"], "timeout": "60s"}))
+    exporter = start_exporter(patient_config(simulator))
     exporter.wait_for(_all_up(simulator))
-    for connection_id in simulator.connection_ids:
-        simulator.fault(connection_id, status=200, body="{}", delay=3600)
+    simulator.hang()
     time.sleep(1.5)  # polls are now stuck inside the hanging requests
     for _ in range(5):
         started = time.monotonic()

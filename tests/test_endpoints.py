@@ -12,7 +12,14 @@ import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 
-from tests.conftest import Exporter, Simulator, exporter_config, parse_exposition
+from tests.conftest import (
+    Exporter,
+    Simulator,
+    exporter_config,
+    parse_exposition,
+    patient_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -100,11 +107,8 @@ def test_health_ready_and_unknown_paths(exporter: Exporter) -> None:
 def test_not_ready_until_every_connection_was_polled(
         simulator: Simulator, start_exporter: Callable[..., Exporter]) -> None:
     """/-/ready is 503 while a connection has not been polled yet, though healthy is 200."""
-    for connection_id in simulator.connection_ids:
-        simulator.fault(connection_id, status=200, body="{}", delay=3600)
-    exporter = start_exporter(exporter_config(simulator, api={
-        "url": simulator.config["api"]["url"], "timeout": "60s"}), wait_ready=False)
-    from tests.conftest import wait_until  # noqa: PLC0415
+    simulator.hang()
+    exporter = start_exporter(patient_config(simulator), wait_ready=False)
     wait_until(lambda: exporter.http.get("/-/healthy").status_code == 200)
     assert exporter.http.get("/-/ready").status_code == 503
     scrape = exporter.scrape()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import Exporter, Simulator, exporter_config
+from tests.conftest import Exporter, Simulator, exporter_config, patient_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,11 +72,8 @@ def test_reload_endpoint_wants_post(exporter: Exporter) -> None:
 def test_sigterm_with_polls_in_flight_exits_quickly(
         simulator: Simulator, start_exporter: Callable[..., Exporter]) -> None:
     """SIGTERM while every API request hangs cancels them and exits 0 within a few seconds."""
-    for connection_id in simulator.connection_ids:
-        simulator.fault(connection_id, status=200, body="{}", delay=3600)
-    exporter = start_exporter(exporter_config(simulator, api={
-        "url": simulator.config["api"]["url"], "timeout": "60s"}), wait_ready=False)
-    from tests.conftest import wait_until  # noqa: PLC0415
+    simulator.hang()
+    exporter = start_exporter(patient_config(simulator), wait_ready=False)
     wait_until(lambda: len(simulator.requests()) == 3, what="three hanging requests")
     started = time.monotonic()
     exporter.process.proc.send_signal(signal.SIGTERM)
