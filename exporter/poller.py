@@ -8,6 +8,7 @@ import random
 import time
 
 from exporter.client import Answer, ApiClient, PollFailure
+from exporter.priority import Gate
 from exporter.snapshot import Store
 from exporter.tokens import TokenError, TokenSource
 
@@ -24,12 +25,13 @@ class Poller:
     """Runs one polling task per connection and records each result in the store."""
 
     def __init__(self, store: Store, client: ApiClient, tokens: dict[str, TokenSource],
-                 interval: float, max_concurrency: int) -> None:
+                 interval: float, max_concurrency: int, *, gate: Gate | None = None) -> None:
         self.store = store
         self.client = client
         self.tokens = tokens
         self.interval = interval
         self._semaphore = asyncio.Semaphore(max_concurrency)
+        self.gate = gate or Gate()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
@@ -61,25 +63,36 @@ class Poller:
             await asyncio.sleep(max(0.0, started + self.interval + jitter - loop.time()))
 
     async def poll(self, connection_id: str) -> None:
-        """Poll one connection now and record the outcome; never raises but for cancellation."""
+        """Poll one connection now and record the outcome; never raises but for cancellation.
+
+        Requests being answered come first (see priority.py): the request waits for a quiet
+        moment, and so does the parsing and rendering of its answer.
+        """
+        await self.gate.idle()
         async with self._semaphore:
             started = time.monotonic()
-            try:
-                token = self.tokens[connection_id].get()
-                state = self.store.states.get(connection_id)
-                previous = state.answer_digest if state is not None else None
-                answer = await self.client.get_connection(connection_id, token, previous)
-            except PollFailure as failure:
-                self._failed(connection_id, failure, started)
-            except TokenError as exc:
-                self._failed(connection_id, PollFailure("unauthorized", str(exc)), started)
-            except Exception as exc:  # a bug here must fail this connection only
-                log.exception("unexpected error while polling", extra={
-                    "connection_id": connection_id})
-                self._failed(connection_id, PollFailure("invalid_response", type(exc).__name__),
-                             started)
+            outcome = await self._fetch(connection_id)
+            duration = time.monotonic() - started
+        async with self.gate.turn():
+            if isinstance(outcome, PollFailure):
+                self._failed(connection_id, outcome, duration)
             else:
-                self._succeeded(connection_id, answer, time.monotonic() - started)
+                self._succeeded(connection_id, outcome, duration)
+
+    async def _fetch(self, connection_id: str) -> Answer | PollFailure:
+        try:
+            token = self.tokens[connection_id].get()
+            state = self.store.states.get(connection_id)
+            previous = state.answer_digest if state is not None else None
+            return await self.client.get_connection(connection_id, token, previous)
+        except PollFailure as failure:
+            return failure
+        except TokenError as exc:
+            return PollFailure("unauthorized", str(exc))
+        except Exception as exc:  # a bug here must fail this connection only
+            log.exception("unexpected error while polling", extra={
+                "connection_id": connection_id})
+            return PollFailure("invalid_response", type(exc).__name__)
 
     def _succeeded(self, connection_id: str, answer: Answer, duration: float) -> None:
         state = self.store.states.get(connection_id)
@@ -98,12 +111,11 @@ class Poller:
             "invalid_databases": data.invalid_databases, "retries": answer.retries,
             "changed": answer.connection is not None, "duration_seconds": round(duration, 3)})
 
-    def _failed(self, connection_id: str, failure: PollFailure, started: float) -> None:
+    def _failed(self, connection_id: str, failure: PollFailure, duration: float) -> None:
         state = self.store.states.get(connection_id)
         repeated = (state is not None and not state.up
                     and state.last_failure_reason == failure.reason)
-        self.store.failure(connection_id, failure.reason, time.monotonic() - started,
-                           failure.retries)
+        self.store.failure(connection_id, failure.reason, duration, failure.retries)
         if state is not None:
             state.not_before = (None if failure.retry_after is None
                                 else time.time() + failure.retry_after)

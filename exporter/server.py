@@ -16,6 +16,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
+from exporter.priority import Gate
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -159,7 +161,7 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
     await writer.drain()
 
 
-async def _serve_connection(handler: Handler, reader: asyncio.StreamReader,
+async def _serve_connection(handler: Handler, gate: Gate, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
     writer.transport.set_write_buffer_limits(high=BUFFER_HIGH)
     try:
@@ -172,14 +174,15 @@ async def _serve_connection(handler: Handler, reader: asyncio.StreamReader,
                 return
             if request is None:
                 return
-            try:
-                response = await handler(request)
-            except Exception:
-                log.exception("handler failed", extra={"path": request.path})
-                response = Response(500, b"internal server error\n")
-            keep_alive = (request.headers.get("connection", "").lower() != "close"
-                          and response.raw is None)
-            await _write(writer, response, request.method == "HEAD", keep_alive)
+            with gate.serving():
+                try:
+                    response = await handler(request)
+                except Exception:
+                    log.exception("handler failed", extra={"path": request.path})
+                    response = Response(500, b"internal server error\n")
+                keep_alive = (request.headers.get("connection", "").lower() != "close"
+                              and response.raw is None)
+                await _write(writer, response, request.method == "HEAD", keep_alive)
             if not keep_alive:
                 return
     except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
@@ -191,14 +194,19 @@ async def _serve_connection(handler: Handler, reader: asyncio.StreamReader,
 
 
 async def serve(handler: Handler, host: str | None, port: int,
-                ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
-    """Start serving; the TLS handshake runs per connection, never in the accept loop."""
+                ssl_context: ssl.SSLContext | None = None,
+                gate: Gate | None = None) -> asyncio.Server:
+    """Start serving; the TLS handshake runs per connection, never in the accept loop.
+
+    ``gate`` learns when a request is being answered, so background work can wait.
+    """
+    busy = gate or Gate()
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Shutdown cancels open keep-alive connections; ending quietly stops asyncio (3.11)
         # from logging each one as an error.
         with contextlib.suppress(asyncio.CancelledError):
-            await _serve_connection(handler, reader, writer)
+            await _serve_connection(handler, busy, reader, writer)
 
     return await asyncio.start_server(
         on_connect, host, port, ssl=ssl_context, limit=MAX_HEAD_BYTES,

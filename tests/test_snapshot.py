@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
+import time
 import uuid
 import zlib
 from typing import Any
@@ -14,6 +17,7 @@ from hypothesis import strategies as st
 from exporter import deflate, snapshot
 from exporter.metrics import DATABASE_METRICS, EXPORTER_METRICS, IDENTITY_LABELS, DatabaseView
 from exporter.models import parse_connection
+from exporter.priority import Gate
 from exporter.render import label_block, negotiate, sample_lines
 from exporter.snapshot import EVERY_POLL, FIRST_DATABASE_FAMILY, STABLE_FAMILIES, Store
 from tests.conftest import parse_exposition
@@ -185,3 +189,33 @@ def test_crc32_combine_matches_zlib(first: bytes, second: bytes) -> None:
     """The CRC of a concatenation derived from the pieces' CRCs equals zlib's own."""
     assert deflate.crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)) == (
         zlib.crc32(first + second))
+
+
+def test_background_assembly_catches_up_and_keeps_scrapes_consistent() -> None:
+    """With background assembly, a scrape sends the last assembled section, then the new one
+    within a period or two; readiness waits for it, and gzip stays one valid stream."""
+    store = Store(IDS[:2], stale_after=300)
+    fmt = negotiate(None)
+    store.success(IDS[0], _answer([(1, "running", "a", {})]), 0.01)
+    before = store.section(fmt)  # assembled now: no background assembly runs yet
+
+    async def scenario() -> None:
+        task = asyncio.create_task(store.assemble_in_background(0.05, Gate()))
+        await asyncio.sleep(0)
+        try:
+            store.success(IDS[1], _answer([(2, "failed", "b", {})]), 0.01)
+            assert store.section(fmt) is before  # not reassembled on the scrape's time
+            assert not store.ready  # every connection polled, but the output lags
+            deadline = time.monotonic() + 5
+            while store.section(fmt) is before:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert store.ready
+            assert store.body(fmt) == _reference(store, fmt)
+            assert gzip.decompress(b"".join(store.gzip(fmt, TAIL))) == store.body(fmt) + TAIL
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
