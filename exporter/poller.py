@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 # First polls are spread over this long (or the poll interval if shorter), so the exporter is
 # ready within seconds yet a large fleet does not hit the API in one burst.
 FIRST_POLL_SPREAD = 5.0
-# Each later poll lands within ±5% of the interval so connections drift apart, not together.
+# Each later poll comes up to 5% early so connections drift apart, not together; never late,
+# so a change in the API shows within one poll interval (plus the poll and its assembly).
 JITTER = 0.05
 
 
@@ -59,7 +60,7 @@ class Poller:
                 await asyncio.sleep(max(0.0, state.not_before - time.time()))
             started = loop.time()
             await self.poll(connection_id)
-            jitter = random.uniform(-JITTER, JITTER) * self.interval  # noqa: S311 - jitter
+            jitter = random.uniform(-JITTER, 0) * self.interval  # noqa: S311 - jitter
             await asyncio.sleep(max(0.0, started + self.interval + jitter - loop.time()))
 
     async def poll(self, connection_id: str) -> None:
