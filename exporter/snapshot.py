@@ -460,6 +460,8 @@ class Store:
                     async with gate.turn():
                         plan = self._plan(fmt)
                     self._install(await asyncio.to_thread(_assemble, plan))
+        except Exception:  # a bug here must not leave scrapes sending old data for ever
+            log.exception("background assembly failed; scrapes assemble the output from now on")
         finally:
             self._background = False
 

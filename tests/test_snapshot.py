@@ -219,3 +219,30 @@ def test_background_assembly_catches_up_and_keeps_scrapes_consistent() -> None:
                 await task
 
     asyncio.run(scenario())
+
+
+def test_failed_background_assembly_hands_over_to_scrapes(monkeypatch: Any,
+                                                          caplog: Any) -> None:
+    """If a background assembly raises, it is logged and scrapes assemble current data again."""
+    store = Store(IDS[:1], stale_after=300)
+    fmt = negotiate(None)
+    before = store.section(fmt)
+    real, calls = snapshot._assemble, []
+
+    def failing_once(plan: Any) -> Any:
+        calls.append(plan)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(plan)
+
+    monkeypatch.setattr(snapshot, "_assemble", failing_once)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(store.assemble_in_background(0.01, Gate()))
+        store.success(IDS[0], _answer([(3, "running", "c", {})]), 0.01)
+        await asyncio.wait_for(task, 5)  # it stops rather than retry a bug for ever
+
+    asyncio.run(scenario())
+    assert "background assembly failed" in caplog.text
+    assert store.section(fmt) is not before
+    assert store.body(fmt) == _reference(store, fmt)
