@@ -11,7 +11,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from exporter import __version__, logs
+from exporter import __version__, logs, memory
 from exporter.config import Config, ConfigError
 from exporter.runtime import Options, Runtime, load_config
 from exporter.server import parse_listen_address, serve
@@ -120,6 +120,7 @@ async def run_demo(options: Options) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run; returns the process exit code."""
     args = _parser().parse_args(argv)
+    memory.one_arena()
     logs.setup(args.log_level, args.log_format)
     try:
         parse_listen_address(args.listen_address)
