@@ -14,7 +14,6 @@ import zlib
 # Level 1 keeps compression cheap; exposition text is so repetitive that it still shrinks ~10x.
 LEVEL = 1
 HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
-TRAILER_LENGTH = 8
 _POLY = 0xEDB88320  # CRC-32, reflected
 
 

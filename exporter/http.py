@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import time
 from collections.abc import Awaitable, Callable
 
 from exporter import __version__
-from exporter.deflate import TRAILER_LENGTH
 from exporter.render import negotiate
 from exporter.server import Request, Response
 from exporter.snapshot import Store
@@ -71,14 +69,8 @@ class ExporterApp:
         headers = [("Vary", "Accept, Accept-Encoding")]
         if accepts_gzip(request.headers.get("accept-encoding")):
             headers.append(("Content-Encoding", "gzip"))
-            answer = self.store.gzip(fmt, fmt.process_metrics())
-            if request.method == "HEAD":  # the length is all a HEAD needs: no CRC pass
-                return Response(200, [*answer.parts, bytes(TRAILER_LENGTH)], fmt.content_type,
-                                headers)
-            # The trailer's CRC pass runs in a worker thread while the body is being sent.
-            trailer = asyncio.get_running_loop().run_in_executor(None, answer.trailer)
-            return Response(200, answer.parts, fmt.content_type, headers, late=trailer,
-                            late_length=TRAILER_LENGTH)
+            return Response(200, self.store.gzip(fmt, fmt.process_metrics()), fmt.content_type,
+                            headers)
         return Response(200, [*self.store.parts(fmt), fmt.process_metrics()], fmt.content_type,
                         headers)
 

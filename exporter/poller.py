@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 # ready within seconds yet a large fleet does not hit the API in one burst.
 FIRST_POLL_SPREAD = 5.0
 # Each later poll comes up to 5% early so connections drift apart, not together; never late,
-# so a change in the API shows within one poll interval (plus the poll itself).
+# so a change in the API shows within one poll interval (plus the poll and its assembly).
 JITTER = 0.05
 
 

@@ -26,6 +26,12 @@ from exporter.webconfig import WebConfig, protect
 log = logging.getLogger("exporter")
 
 TRIM_INTERVAL = 10.0  # seconds; a trim of a few hundred MiB of heap takes about a millisecond
+# How often changed families are reassembled off the event loop: the output may lag a landed
+# poll by this much (plus the assembly, tens of ms at 10,000 databases). Each assembly
+# re-checksums every family changed since the last; measured at 10,000 databases, a 0.5 s
+# period cost a fifth of the exporter's CPU (py-spy), and checksumming on the scrape's time
+# instead put 100 ms on the worst-case gzip p99. 1 s keeps a change within poll_interval + 2 s.
+ASSEMBLY_PERIOD = 1.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._gate = Gate()
+        self._assembler: asyncio.Task[None] | None = None
 
     def _owned(self, config: Config) -> list[str]:
         return owned([c.id for c in config.connections], self.options.shard,
@@ -102,6 +109,8 @@ class Runtime:
             handler = protect(handler, web)
         host, port = parse_listen_address(self.options.listen_address)
         self._server = await serve(handler, host, port, context, gate=self._gate)
+        self._assembler = asyncio.create_task(
+            self.store.assemble_in_background(ASSEMBLY_PERIOD, self._gate))
         bound = int(self._server.sockets[0].getsockname()[1])
         self._apply(self.config, self._sources or token_sources(
             self.config, self._owned(self.config)))
@@ -190,6 +199,10 @@ class Runtime:
         """Stop listening, cancel in-flight polls, close connections."""
         if self._server is not None:
             self._server.close()
+        if self._assembler is not None:
+            self._assembler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._assembler
         await self._stop_polling()
         if self._server is not None:
             with contextlib.suppress(Exception):

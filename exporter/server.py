@@ -48,10 +48,6 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
     raw: bytes | None = None  # sent as-is, then the connection closes (fault injection)
-    # Bytes sent after the body once ready, ``late_length`` of them (a gzip trailer whose CRC
-    # is computed while the body goes out).
-    late: asyncio.Future[bytes] | None = None
-    late_length: int = 0
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -129,7 +125,7 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
         await writer.drain()
         return
     parts = [response.body] if isinstance(response.body, bytes) else list(response.body)
-    length = sum(len(p) for p in parts) + response.late_length
+    length = sum(len(p) for p in parts)
     lines = [f"HTTP/1.1 {response.status} {_phrase(response.status)}",
              f"Date: {formatdate(usegmt=True)}",
              f"Content-Type: {response.content_type}",
@@ -162,11 +158,6 @@ async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bo
                 await _drain_if_full(writer)
         if batch:
             writer.write(b"".join(batch))
-        if response.late is not None:
-            late = await response.late
-            if len(late) != response.late_length:
-                raise RuntimeError("late bytes differ from the length announced")
-            writer.write(late)
     await writer.drain()
 
 
@@ -191,13 +182,7 @@ async def _serve_connection(handler: Handler, gate: Gate, reader: asyncio.Stream
                     response = Response(500, b"internal server error\n")
                 keep_alive = (request.headers.get("connection", "").lower() != "close"
                               and response.raw is None)
-                try:
-                    await _write(writer, response, request.method == "HEAD", keep_alive)
-                except (TimeoutError, ConnectionError, ssl.SSLError):
-                    raise  # the client went away: handled below
-                except Exception:  # the answer is cut short; the client sees a broken body
-                    log.exception("writing the answer failed", extra={"path": request.path})
-                    return
+                await _write(writer, response, request.method == "HEAD", keep_alive)
             if not keep_alive:
                 return
     except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):

@@ -14,13 +14,14 @@ The output is kept in three sections, each family grouped as the text formats re
 A gzip answer is one valid gzip stream (see deflate.py): each stored chunk was compressed on
 its own, so the chunks concatenate; the every-poll section and the tail are compressed fresh
 and close the stream. Each family keeps its parts, joined deflate and CRC until one of its
-chunks changes. The CRC is only needed for the gzip trailer, the last 8 bytes: the HTTP layer
-computes it in a worker thread while the rest of the answer is being sent, re-checksumming
-only the families changed since the last gzip answer (zlib releases the GIL for it).
+chunks changes. Reassembling the changed families (chiefly a CRC-32 pass over their text,
+tens of ms at 10,000 databases) runs in a worker thread while the exporter runs, so neither a
+scrape nor a poll waits for it; scrapes meanwhile send the last section assembled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -42,6 +43,7 @@ from exporter.metrics import (
     MetricSpec,
 )
 from exporter.models import Connection, Database
+from exporter.priority import Gate
 from exporter.render import Format, label_block, sample_lines
 
 log = logging.getLogger(__name__)
@@ -270,61 +272,49 @@ class ConnectionState:
         self.serving_databases = True
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Family:
-    """One stable family in one format: header and chunks, their joined deflate, and the CRC
-    of their text once a gzip answer has needed it."""
+    """One stable family in one format: header and chunks, their joined deflate and CRC."""
 
     version: int
     parts: list[bytes]
     deflated: bytes
+    crc: int
     length: int
-    crc: int | None = None
-
-
-@dataclass(slots=True)
-class Section:
-    """The stable section for one format and one generation."""
-
-    generation: int
-    parts: list[bytes]
-    deflated: list[bytes]
-    length: int
-    families: list[_Family]
-    crc: int | None = None  # once a gzip answer has needed it
-
-    def checksum(self) -> int:
-        """CRC-32 of the section: families checksummed where no earlier answer did, combined.
-
-        Safe in a worker thread: it reads only this section's bytes, and two threads doing the
-        same work store the same numbers.
-        """
-        if self.crc is None:
-            crc = zlib.crc32(self.parts[0])
-            for family in self.families:
-                if family.crc is None:
-                    family.crc = _crc32(family.parts)
-                crc = deflate.crc32_combine(crc, family.crc, family.length)
-            self.crc = crc
-        return self.crc
 
 
 @dataclass(frozen=True, slots=True)
-class GzipAnswer:
-    """A gzip answer whose last 8 bytes, the trailer, may wait for a CRC pass."""
+class _Rebuild:
+    """What rebuilding one family reads, taken on the event loop for a worker thread."""
 
+    index: int
+    version: int
+    header: bytes
+    chunks: list[bytes]
+    pieces: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything an assembly of the stable section needs, copied out of the live store."""
+
+    openmetrics: bool
+    generation: int
+    exporter: bytes
+    families: list[_Family | _Rebuild]
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """The stable section for one format and one generation."""
+
+    openmetrics: bool
+    generation: int
     parts: list[bytes]
-    section: Section
-    fresh: bytes  # what follows the section: the every-poll lines and the tail
-
-    def trailer(self) -> bytes:
-        """The gzip trailer; may take tens of ms after a change, so not on the event loop."""
-        crc = zlib.crc32(self.fresh, self.section.checksum())
-        return deflate.trailer(crc, self.section.length + len(self.fresh))
-
-    def whole(self) -> bytes:
-        """The answer in one piece."""
-        return b"".join(self.parts) + self.trailer()
+    deflated: list[bytes]
+    crc: int
+    length: int
+    families: list[_Family]
 
 
 def _crc32(parts: list[bytes]) -> int:
@@ -344,8 +334,33 @@ def _crc32(parts: list[bytes]) -> int:
     return zlib.crc32(b"".join(batch), crc)
 
 
+def _rebuild(job: _Rebuild) -> _Family:
+    """A family from its chunks, checksummed and its deflate pieces joined."""
+    parts = [job.header, *(chunk for chunk in job.chunks if chunk)]
+    return _Family(job.version, parts, b"".join([deflate.piece(job.header), *job.pieces]),
+                   _crc32(parts), sum(len(part) for part in parts))
+
+
+def _assemble(plan: _Plan) -> Section:
+    """The stable section from a plan; touches nothing live, so it may run in a thread."""
+    families = [f if isinstance(f, _Family) else _rebuild(f) for f in plan.families]
+    parts, deflated = [plan.exporter], [deflate.piece(plan.exporter)]
+    crc, length = zlib.crc32(plan.exporter), len(plan.exporter)
+    for family in families:
+        parts.extend(family.parts)
+        deflated.append(family.deflated)
+        crc = deflate.crc32_combine(crc, family.crc, family.length)
+        length += family.length
+    return Section(plan.openmetrics, plan.generation, parts, deflated, crc, length, families)
+
+
 class Store:
-    """Every connection's state, and the scrape output built from stored bytes."""
+    """Every connection's state, and the scrape output built from stored bytes.
+
+    The stable section is reassembled after a change: by the scrape that finds it out of date
+    or, once ``assemble_in_background`` runs, in a worker thread at most every ``period``
+    seconds, while scrapes go on sending the last one assembled.
+    """
 
     def __init__(self, connection_ids: Iterable[str], stale_after: float) -> None:
         self.stale_after = stale_after
@@ -353,9 +368,12 @@ class Store:
         self.states: dict[str, ConnectionState] = {}
         self._stable_generation = 0
         self._every_poll_generation = 0
+        self._formats: dict[bool, Format] = {}
         self._sections: dict[bool, Section] = {}
         self._family_versions = [0] * len(STABLE_FAMILIES)
         self._every_poll: dict[bool, tuple[int, bytes]] = {}
+        self._background = False
+        self._complete_generation = 0  # the generation at which every connection was polled
         self.set_connections(connection_ids)
 
     # Recording what the poller learned.
@@ -376,8 +394,11 @@ class Store:
 
     @property
     def ready(self) -> bool:
-        """Whether every connection has been polled at least once."""
-        return all(state.polled for state in self.states.values())
+        """Whether every connection has been polled, and the output shows all of them."""
+        if not all(state.polled for state in self.states.values()):
+            return False
+        return not self._background or all(
+            section.generation >= self._complete_generation for section in self._sections.values())
 
     def success(self, connection_id: str, data: Connection, duration: float,
                 retries: int = 0) -> None:
@@ -406,6 +427,8 @@ class Store:
                 self._family_versions[family] += 1
             state.changed.clear()
             self._stable_generation += 1
+        if state.polls == 1:
+            self._complete_generation = self._stable_generation
 
     def _expire(self, now: float) -> None:
         for state in self.states.values():
@@ -422,47 +445,68 @@ class Store:
         """The exposition, less the tail, as one byte string."""
         return b"".join(self.parts(fmt))
 
-    def gzip(self, fmt: Format, tail: bytes) -> GzipAnswer:
-        """One gzip stream of the exposition followed by ``tail``; see ``GzipAnswer``."""
+    def gzip(self, fmt: Format, tail: bytes) -> list[bytes]:
+        """One gzip stream of the exposition followed by ``tail``, as parts to send."""
         section = self.section(fmt)
         fresh = self._every_poll_section(fmt) + tail
-        return GzipAnswer([deflate.HEADER, *section.deflated, deflate.closing(fresh)], section,
-                          fresh)
+        crc = zlib.crc32(fresh, section.crc)
+        return [deflate.HEADER, *section.deflated,
+                deflate.closing(fresh) + deflate.trailer(crc, section.length + len(fresh))]
 
     def section(self, fmt: Format) -> Section:
-        """The stable section for ``fmt``, reassembled from stored families after a change.
-
-        Only the families a poll changed are rebuilt, and only their lists of parts and their
-        joined deflate (a few ms at 10,000 databases); their CRC waits for a gzip answer.
-        """
+        """The stable section for ``fmt``: the last one assembled while a background assembly
+        keeps it current, else reassembled now if anything changed."""
         self._expire(time.time())
         section = self._sections.get(fmt.openmetrics)
-        if section is not None and section.generation == self._stable_generation:
-            return section
+        if section is None or (section.generation != self._stable_generation
+                               and not self._background):
+            section = self._install(_assemble(self._plan(fmt)))
+        return section
+
+    async def assemble_in_background(self, period: float, gate: Gate) -> None:
+        """Keep every format scraped so far assembled, off the event loop, until cancelled."""
+        self._background = True
+        try:
+            while True:
+                await asyncio.sleep(period)
+                self._expire(time.time())
+                for fmt in list(self._formats.values()):
+                    section = self._sections.get(fmt.openmetrics)
+                    if section is not None and section.generation == self._stable_generation:
+                        continue
+                    async with gate.turn():
+                        plan = self._plan(fmt)
+                    self._install(await asyncio.to_thread(_assemble, plan))
+        except Exception:  # a bug here must not leave scrapes sending old data for ever
+            log.exception("background assembly failed; scrapes assemble the output from now on")
+        finally:
+            self._background = False
+
+    def _plan(self, fmt: Format) -> _Plan:
+        """Copy out what assembling ``fmt`` reads: stored families, or the chunks to rebuild."""
+        self._formats[fmt.openmetrics] = fmt
+        exporter = _utf8("".join(fmt.header(spec) + sample_lines(spec, "", self.exporter)
+                                 for spec in EXPORTER_METRICS))
+        section = self._sections.get(fmt.openmetrics)
         stored = section.families if section is not None else []
         states = list(self.states.values())
-        families = []
+        families: list[_Family | _Rebuild] = []
         for index, spec in enumerate(STABLE_FAMILIES):
             version = self._family_versions[index]
             if index < len(stored) and stored[index].version == version:
                 families.append(stored[index])
-                continue
-            header = _utf8(fmt.header(spec))
-            parts = [header]
-            parts.extend(chunk for state in states if (chunk := state.stable[index]))
-            pieces = [deflate.piece(header)]
-            pieces.extend(state.deflated[index] for state in states)
-            families.append(_Family(version, parts, b"".join(pieces),
-                                    sum(len(part) for part in parts)))
-        exporter = _utf8("".join(fmt.header(spec) + sample_lines(spec, "", self.exporter)
-                                 for spec in EXPORTER_METRICS))
-        parts, deflated = [exporter], [deflate.piece(exporter)]
-        for family in families:
-            parts.extend(family.parts)
-            deflated.append(family.deflated)
-        section = Section(self._stable_generation, parts, deflated,
-                          len(exporter) + sum(family.length for family in families), families)
-        self._sections[fmt.openmetrics] = section
+            else:
+                families.append(_Rebuild(index, version, _utf8(fmt.header(spec)),
+                                         [state.stable[index] for state in states],
+                                         [state.deflated[index] for state in states]))
+        return _Plan(fmt.openmetrics, self._stable_generation, exporter, families)
+
+    def _install(self, section: Section) -> Section:
+        """Keep a newly assembled section unless a newer one is kept already."""
+        current = self._sections.get(section.openmetrics)
+        if current is not None and current.generation > section.generation:
+            return current
+        self._sections[section.openmetrics] = section
         return section
 
     def _every_poll_section(self, fmt: Format) -> bytes:

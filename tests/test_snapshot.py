@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
+import time
 import uuid
 import zlib
 from typing import Any
@@ -14,6 +17,7 @@ from hypothesis import strategies as st
 from exporter import deflate, snapshot
 from exporter.metrics import DATABASE_METRICS, EXPORTER_METRICS, IDENTITY_LABELS, DatabaseView
 from exporter.models import parse_connection
+from exporter.priority import Gate
 from exporter.render import label_block, negotiate, sample_lines
 from exporter.snapshot import EVERY_POLL, FIRST_DATABASE_FAMILY, STABLE_FAMILIES, Store
 from tests.conftest import parse_exposition
@@ -100,7 +104,7 @@ def test_incremental_output_equals_a_fresh_build(sequence: list[tuple[str, str, 
         assert plain == _reference(store, fmt)
         store.set_connections(list(store.states))  # a reload keeps every series as it was
         assert store.body(fmt) == plain
-        compressed = store.gzip(fmt, TAIL).whole()
+        compressed = b"".join(store.gzip(fmt, TAIL))
         one_member = zlib.decompressobj(16 + zlib.MAX_WBITS)
         assert one_member.decompress(compressed) == plain + TAIL
         assert one_member.eof
@@ -187,21 +191,58 @@ def test_crc32_combine_matches_zlib(first: bytes, second: bytes) -> None:
         zlib.crc32(first + second))
 
 
-def test_gzip_checksums_only_the_families_a_poll_changed() -> None:
-    """After a gzip answer, a poll that changes one family leaves every other family's CRC
-    cached, and the next answer is still one valid stream."""
+def test_background_assembly_catches_up_and_keeps_scrapes_consistent() -> None:
+    """With background assembly, a scrape sends the last assembled section, then the new one
+    within a period or two; readiness waits for it, and gzip stays one valid stream."""
     store = Store(IDS[:2], stale_after=300)
     fmt = negotiate(None)
     store.success(IDS[0], _answer([(1, "running", "a", {})]), 0.01)
-    store.success(IDS[1], _answer([(2, "running", "b", {})]), 0.01)
-    store.gzip(fmt, TAIL).whole()
-    assert all(family.crc is not None for family in store.section(fmt).families)
-    store.success(IDS[1], _answer([(2, "failed", "b", {})]), 0.01)
-    families = store.section(fmt).families
-    unchecked = [STABLE_FAMILIES[i].name for i, f in enumerate(families) if f.crc is None]
-    assert "reflexdb_database_status" in unchecked
-    assert "reflexdb_database_info" not in unchecked
-    assert 0 < len(unchecked) < len(families) // 2
-    answer = store.gzip(fmt, TAIL)
-    assert gzip.decompress(answer.whole()) == store.body(fmt) + TAIL
-    assert len(answer.trailer()) == deflate.TRAILER_LENGTH
+    before = store.section(fmt)  # assembled now: no background assembly runs yet
+
+    async def scenario() -> None:
+        task = asyncio.create_task(store.assemble_in_background(0.05, Gate()))
+        await asyncio.sleep(0)
+        try:
+            store.success(IDS[1], _answer([(2, "failed", "b", {})]), 0.01)
+            assert store.section(fmt) is before  # not reassembled on the scrape's time
+            assert not store.ready  # every connection polled, but the output lags
+            deadline = time.monotonic() + 5
+            while store.section(fmt) is before:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert store.ready
+            assert store.body(fmt) == _reference(store, fmt)
+            assert gzip.decompress(b"".join(store.gzip(fmt, TAIL))) == store.body(fmt) + TAIL
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+
+
+def test_failed_background_assembly_hands_over_to_scrapes(monkeypatch: Any,
+                                                          caplog: Any) -> None:
+    """If a background assembly raises, it is logged and scrapes assemble current data again."""
+    store = Store(IDS[:1], stale_after=300)
+    fmt = negotiate(None)
+    before = store.section(fmt)
+    real, calls = snapshot._assemble, []
+
+    def failing_once(plan: Any) -> Any:
+        calls.append(plan)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(plan)
+
+    monkeypatch.setattr(snapshot, "_assemble", failing_once)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(store.assemble_in_background(0.01, Gate()))
+        store.success(IDS[0], _answer([(3, "running", "c", {})]), 0.01)
+        await asyncio.wait_for(task, 5)  # it stops rather than retry a bug for ever
+
+    asyncio.run(scenario())
+    assert "background assembly failed" in caplog.text
+    assert store.section(fmt) is not before
+    assert store.body(fmt) == _reference(store, fmt)
