@@ -287,7 +287,6 @@ class _Family:
 class _Rebuild:
     """What rebuilding one family reads, taken on the event loop for a worker thread."""
 
-    index: int
     version: int
     header: bytes
     chunks: list[bytes]
@@ -496,7 +495,7 @@ class Store:
             if index < len(stored) and stored[index].version == version:
                 families.append(stored[index])
             else:
-                families.append(_Rebuild(index, version, _utf8(fmt.header(spec)),
+                families.append(_Rebuild(version, _utf8(fmt.header(spec)),
                                          [state.stable[index] for state in states],
                                          [state.deflated[index] for state in states]))
         return _Plan(fmt.openmetrics, self._stable_generation, exporter, families)
