@@ -15,7 +15,7 @@ from exporter import __version__, logs, memory
 from exporter.config import Config, ConfigError
 from exporter.runtime import Options, Runtime, load_config
 from exporter.server import parse_listen_address, serve
-from exporter.simulator import Fleet, SimulatorApp, exporter_config, run_fleet
+from exporter.simulator import CONTROL_LIMITS, Fleet, SimulatorApp, exporter_config, run_fleet
 from exporter.tokens import TOKEN_ENV, TokenError, TokenSource
 from exporter.webconfig import TLSServerConfig, WebConfig, parse_web_config, server_ssl_context
 
@@ -103,7 +103,7 @@ async def run_demo(options: Options) -> int:
     token = secrets.token_urlsafe(24)
     logs.SECRETS.add(token)
     fleet = Fleet(connections=4, databases=6, seed=7, token=token)
-    sim = await serve(SimulatorApp(fleet), "127.0.0.1", 0)
+    sim = await serve(SimulatorApp(fleet), "127.0.0.1", 0, limits=CONTROL_LIMITS)
     url = f"http://127.0.0.1:{sim.sockets[0].getsockname()[1]}/v1"
     ticker = asyncio.create_task(run_fleet(fleet, DEMO_TICK))
     config = Config.model_validate(exporter_config(url, fleet, DEMO_POLL_INTERVAL))

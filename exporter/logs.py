@@ -49,7 +49,7 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
         "msg": record.getMessage(),
     }
     for key, value in vars(record).items():
-        if key not in _STANDARD and not key.startswith("_"):
+        if key not in _STANDARD and not key.startswith("_") and value is not None:
             fields[key] = value
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
@@ -89,3 +89,30 @@ def setup(level: str, fmt: str) -> None:
     # httpx logs every request at INFO; our own poll log says what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+class Throttle:
+    """Logs each message at most once per ``interval`` seconds, counting the ones it held back.
+
+    For errors a client can cause at will: one line a second says it is happening without
+    letting the client fill the disk.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def log(self, logger: logging.Logger, msg: str, *, level: int = logging.ERROR,
+            exc_info: bool = False, **fields: object) -> None:
+        """Log ``msg`` with ``fields`` unless it was logged less than ``interval`` ago."""
+        now = time.monotonic()
+        last = self._last.get(msg)
+        if last is not None and now - last < self.interval:
+            self._held[msg] = self._held.get(msg, 0) + 1
+            return
+        self._last[msg] = now
+        held = self._held.pop(msg, 0)
+        if held:
+            fields["held_back"] = held
+        logger.log(level, msg, extra=fields, exc_info=exc_info)

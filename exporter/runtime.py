@@ -17,7 +17,7 @@ from exporter.config import RATE_LIMIT_WARNING_SECONDS, Config, ConfigError, par
 from exporter.http import ExporterApp
 from exporter.poller import Poller
 from exporter.priority import Gate
-from exporter.server import Handler, parse_listen_address, serve
+from exporter.server import Handler, HTTPServer, parse_listen_address, serve
 from exporter.sharding import owned
 from exporter.snapshot import Store
 from exporter.tokens import TokenError, TokenSource
@@ -89,7 +89,7 @@ class Runtime:
         self._sources = sources
         self._client: ApiClient | None = None
         self._poller: Poller | None = None
-        self._server: asyncio.Server | None = None
+        self._server: HTTPServer | None = None
         self._reload_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._gate = Gate()
@@ -108,7 +108,7 @@ class Runtime:
         if web is not None:
             handler = protect(handler, web)
         host, port = parse_listen_address(self.options.listen_address)
-        self._server = await serve(handler, host, port, context, gate=self._gate)
+        self._server = await serve(handler, host, port, ssl_context=context, gate=self._gate)
         self._assembler = asyncio.create_task(
             self.store.assemble_in_background(ASSEMBLY_PERIOD, self._gate))
         bound = int(self._server.sockets[0].getsockname()[1])

@@ -1,31 +1,58 @@
-"""A small asyncio HTTP/1.1 server: keep-alive, bounded requests, large bodies sent in slices.
+"""HTTP/1.1 on the poller's event loop: h11 parses, and every client is bounded in time and memory.
 
-The standard library's servers block a thread per connection and run TLS handshakes in the
-accept loop; serving from the poller's event loop needs neither threads nor a new dependency.
+h11 (already installed as httpcore's dependency) is a strict HTTP/1.1 state machine with no
+I/O of its own, so the scrape fast path stays ours: stored bytes handed to the transport in
+slices, without a framework copying or re-encoding them. Everything a client can hold is
+bounded here: connections (the idlest one goes when a new one arrives at the cap), the time
+to send a request, the time an answer may make no progress, the bytes buffered for reading
+and for writing, and TLS handshakes, which start only once the client has sent something.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
+import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
+import h11
+
+from exporter.logs import Throttle
 from exporter.priority import Gate
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 64 * 1024
-MAX_BODY_BYTES = 1024 * 1024
-# A client must send its request head within this long, idle keep-alive included.
-HEAD_TIMEOUT = 30.0
-WRITE_SLICE = 256 * 1024
-BUFFER_HIGH = 16 * 1024 * 1024
+READ_CHUNK = 16 * 1024
+# A slice written at a time, and what the transport may hold before the answer waits for the
+# client: a stalled reader pins at most about both, never a private copy of the exposition.
+WRITE_SLICE = 64 * 1024
+WRITE_BUFFER = 128 * 1024
+BACKLOG = 1024
+# Handshakes cost OpenSSL state and a 256 KiB read buffer each (asyncio's sslproto); only
+# this many run at once, the rest wait (inside their handshake timeout) as plain sockets.
+MAX_HANDSHAKES = 64
+ACCEPT_RETRY_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may cost; the defaults suit Prometheus on a hostile network."""
+
+    read_timeout: float = 10.0  # for a request's head and body, from its first byte
+    idle_timeout: float = 120.0  # between requests on a kept-alive connection
+    write_timeout: float = 30.0  # an answer that makes no progress this long is abandoned
+    handshake_timeout: float = 10.0  # from accept to a finished TLS handshake
+    max_connections: int = 512
+    max_head_bytes: int = 16 * 1024
+    max_body_bytes: int = 4 * 1024
+    keep_body: bool = False  # the exporter reads no body; the simulator's control API does
 
 
 @dataclass(slots=True)
@@ -62,55 +89,6 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-async def _read_request(reader: asyncio.StreamReader) -> Request | None:
-    """Read one request; None when the client closed the connection cleanly."""
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise _BadRequest(400) from None
-        return None
-    except asyncio.LimitOverrunError:
-        raise _BadRequest(431) from None
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _BadRequest(400)
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise _BadRequest(400)
-        headers[name.strip().lower()] = value.strip()
-    if version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
-        headers["connection"] = "close"
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        raise _BadRequest(411)
-    length = headers.get("content-length", "0")
-    if not length.isdigit():
-        raise _BadRequest(400)
-    if int(length) > MAX_BODY_BYTES:
-        raise _BadRequest(413)
-    body = await reader.readexactly(int(length)) if int(length) else b""
-    url = urlsplit(target)
-    return Request(method=method.upper(), path=url.path or "/", query=parse_qs(url.query),
-                   headers=headers, body=body)
-
-
-async def _drain_if_full(writer: asyncio.StreamWriter) -> None:
-    if writer.transport.get_write_buffer_size() >= BUFFER_HIGH:
-        await writer.drain()
-
-
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -118,97 +96,348 @@ def _phrase(status: int) -> str:
         return ""
 
 
-async def _write(writer: asyncio.StreamWriter, response: Response, head_only: bool,
-                 keep_alive: bool) -> None:
-    if response.raw is not None:
-        writer.write(response.raw)
-        await writer.drain()
-        return
-    parts = [response.body] if isinstance(response.body, bytes) else list(response.body)
-    length = sum(len(p) for p in parts)
-    lines = [f"HTTP/1.1 {response.status} {_phrase(response.status)}",
-             f"Date: {formatdate(usegmt=True)}",
-             f"Content-Type: {response.content_type}",
-             f"Content-Length: {length}",
-             f"Connection: {'keep-alive' if keep_alive else 'close'}"]
-    lines.extend(f"{name}: {value}" for name, value in response.headers)
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    if not head_only:
-        # Small parts go out joined into slices of about WRITE_SLICE, large ones in slices.
-        # The transport may buffer up to BUFFER_HIGH before we wait for the client: a
-        # scrape then hands its whole answer over in a few steps instead of waiting its
-        # turn in the event loop after every slice while polls are being processed.
-        batch: list[bytes] = []
-        size = 0
-        for part in parts:
-            if len(part) >= WRITE_SLICE:
-                if batch:
-                    writer.write(b"".join(batch))
-                    batch, size = [], 0
-                view = memoryview(part)
-                for start in range(0, len(view), WRITE_SLICE):
-                    writer.write(view[start:start + WRITE_SLICE])
-                    await _drain_if_full(writer)
-                continue
-            batch.append(part)
-            size += len(part)
-            if size >= WRITE_SLICE:
-                writer.write(b"".join(batch))
+class _Refused(Exception):
+    """A request answered with an error status, after which the connection closes."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+def _error_bytes(status: int) -> bytes:
+    body = f"{_phrase(status)}\n".encode()
+    return (f"HTTP/1.1 {status} {_phrase(status)}\r\nContent-Type: text/plain; charset=utf-8"
+            f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+def _slices(parts: Sequence[bytes]) -> Iterator[bytes | memoryview]:
+    """Small parts joined and large ones cut, so each write is about WRITE_SLICE."""
+    batch: list[bytes] = []
+    size = 0
+    for part in parts:
+        if len(part) >= WRITE_SLICE:
+            if batch:
+                yield b"".join(batch)
                 batch, size = [], 0
-                await _drain_if_full(writer)
-        if batch:
-            writer.write(b"".join(batch))
-    await writer.drain()
+            view = memoryview(part)
+            for start in range(0, len(view), WRITE_SLICE):
+                yield view[start:start + WRITE_SLICE]
+            continue
+        batch.append(part)
+        size += len(part)
+        if size >= WRITE_SLICE:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
 
 
-async def _serve_connection(handler: Handler, gate: Gate, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
-    writer.transport.set_write_buffer_limits(high=BUFFER_HIGH)
+def _to_request(event: h11.Request) -> Request:
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        key = name.decode("ascii")
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    if "content-length" in headers and "transfer-encoding" in headers:
+        raise _Refused(400, "Content-Length with Transfer-Encoding")
     try:
+        url = urlsplit(event.target.decode("ascii"))
+        query = parse_qs(url.query)
+    except ValueError:
+        raise _Refused(400, "unparseable request target") from None
+    return Request(method=event.method.decode("ascii").upper(), path=url.path or "/",
+                   query=query, headers=headers)
+
+
+class _Client:
+    """One open client connection, as the accept loop sees it."""
+
+    __slots__ = ("progress", "task", "transport")
+
+    def __init__(self, now: float) -> None:
+        self.progress = now  # when it last sent us bytes or took some of an answer
+        self.task: asyncio.Task[None] | None = None
+        self.transport: asyncio.Transport | None = None
+
+
+class _Conversation:
+    """Requests and answers on one connection, in order, under the limits."""
+
+    def __init__(self, server: HTTPServer, client: _Client, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.client = client
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+
+    async def run(self) -> None:
+        """Answer requests until the client leaves, errs, stalls, or asks to close."""
         while True:
             try:
-                request = await _read_request(reader)
-            except _BadRequest as bad:
-                await _write(writer, Response(bad.status, _phrase(bad.status).encode()),
-                             head_only=False, keep_alive=False)
+                request = await self._read_request()
+            except _Refused as refused:
+                log.debug("request refused", extra={"status": refused.status, "why": str(refused)})
+                self.writer.write(_error_bytes(refused.status))
+                await self._drain()
                 return
             if request is None:
                 return
-            with gate.serving():
+            with self.server.gate.serving():
                 try:
-                    response = await handler(request)
+                    response = await self.server.handler(request)
                 except Exception:
-                    log.exception("handler failed", extra={"path": request.path})
+                    self.server.errors.log(log, "handler failed", exc_info=True,
+                                           path=request.path)
                     response = Response(500, b"internal server error\n")
-                keep_alive = (request.headers.get("connection", "").lower() != "close"
-                              and response.raw is None)
-                await _write(writer, response, request.method == "HEAD", keep_alive)
-            if not keep_alive:
+                if response.raw is not None:
+                    self.writer.write(response.raw)
+                    await self._drain()
+                    return
+                await self._respond(response, head_only=request.method == "HEAD")
+            if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                 return
-    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-        pass  # the client went away or stalled; nothing to tell it
+            self.h11.start_next_cycle()
+
+    async def _read_request(self) -> Request | None:
+        """The next request, its body read within the limit; None when the client is done."""
+        loop = asyncio.get_running_loop()
+        request: Request | None = None
+        body: list[bytes] = []
+        size = 0
+        started = False
+        async with asyncio.timeout(self.limits.idle_timeout) as timer:
+            while True:
+                try:
+                    event = self.h11.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise _Refused(exc.error_status_hint, str(exc)) from None
+                if event is h11.NEED_DATA:
+                    data = await self.reader.read(READ_CHUNK)
+                    self.client.progress = loop.time()
+                    if data and not started:
+                        started = True  # from the first byte, the whole request has read_timeout
+                        timer.reschedule(loop.time() + self.limits.read_timeout)
+                    if self.h11.their_state is h11.IDLE and (b"\n " in data or b"\n\t" in data):
+                        raise _Refused(400, "obsolete line folding")
+                    self.h11.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    if not started:
+                        started = True
+                        timer.reschedule(loop.time() + self.limits.read_timeout)
+                    request = _to_request(event)
+                    declared = request.headers.get("content-length", "0")
+                    if int(declared) > self.limits.max_body_bytes:
+                        raise _Refused(413, "body over the limit")
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > self.limits.max_body_bytes:
+                        raise _Refused(413, "body over the limit")
+                    if self.limits.keep_body:
+                        body.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    assert request is not None
+                    request.body = b"".join(body)
+                    return request
+                else:  # ConnectionClosed, or PAUSED after a client that asked to close
+                    if started and request is None:
+                        raise _Refused(400, "request cut short")
+                    return None
+
+    async def _respond(self, response: Response, head_only: bool) -> None:
+        parts = [response.body] if isinstance(response.body, bytes) else list(response.body)
+        headers = [("Date", formatdate(usegmt=True)), ("Content-Type", response.content_type),
+                   ("Content-Length", str(sum(len(p) for p in parts))), *response.headers]
+        self.writer.write(self.h11.send(h11.Response(
+            status_code=response.status, headers=headers, reason=_phrase(response.status))))
+        if not head_only:
+            for piece in _slices(parts):
+                # h11 checks the length and passes memoryviews through uncopied; its stub
+                # says bytes only.
+                data = h11.Data(data=cast("bytes", piece))
+                for out in self.h11.send_with_data_passthrough(data) or ():
+                    self.writer.write(out)
+                await self._drain()
+        self.h11.send(h11.EndOfMessage())
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait while the transport holds more than WRITE_BUFFER, at most write_timeout."""
+        async with asyncio.timeout(self.limits.write_timeout):
+            await self.writer.drain()
+        self.client.progress = asyncio.get_running_loop().time()
+
+
+async def _readable(sock: socket.socket) -> None:
+    """Return once the socket has bytes (or an end) to read."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        loop.remove_reader(sock.fileno())
 
 
-async def serve(handler: Handler, host: str | None, port: int,
-                ssl_context: ssl.SSLContext | None = None,
-                gate: Gate | None = None) -> asyncio.Server:
-    """Start serving; the TLS handshake runs per connection, never in the accept loop.
+class HTTPServer:
+    """Accepts on its listening sockets and serves each client under ``limits``."""
+
+    def __init__(self, handler: Handler, listeners: list[socket.socket],
+                 ssl_context: ssl.SSLContext | None, gate: Gate, limits: Limits) -> None:
+        self.handler = handler
+        self.sockets = listeners
+        self.ssl_context = ssl_context
+        self.gate = gate
+        self.limits = limits
+        self.errors = Throttle()
+        self._clients: dict[int, _Client] = {}
+        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
+        self._accepting = [asyncio.create_task(self._accept(s)) for s in listeners]
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now."""
+        return len(self._clients)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                # Out of descriptors or memory: shed the idlest client, retry shortly, and
+                # say so once a second at most however fast accepts fail.
+                self.errors.log(log, "cannot accept a connection", level=logging.WARNING,
+                                err=errno.errorcode.get(exc.errno or 0, str(exc)))
+                self._shed(loop.time())
+                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            if len(self._clients) >= self.limits.max_connections:
+                self._shed(loop.time())
+            client = _Client(loop.time())
+            self._clients[id(client)] = client
+            client.task = asyncio.create_task(self._serve(sock, client))
+
+    def _shed(self, now: float) -> None:
+        """Close the client that has gone longest without progress."""
+        if not self._clients:
+            return
+        victim = min(self._clients.values(), key=lambda c: c.progress)
+        self.errors.log(log, "too many client connections; closing the idlest",
+                        level=logging.WARNING, max_connections=self.limits.max_connections,
+                        idle_seconds=round(now - victim.progress, 1))
+        del self._clients[id(victim)]
+        if victim.transport is not None:
+            victim.transport.abort()
+        if victim.task is not None:
+            victim.task.cancel()
+
+    async def _serve(self, sock: socket.socket, client: _Client) -> None:
+        loop = asyncio.get_running_loop()
+        transport: asyncio.Transport | None = None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = asyncio.StreamReader(limit=READ_CHUNK)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            if self.ssl_context is None:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+            else:
+                transport = await self._handshake(sock, protocol)
+            client.transport = transport
+            transport.set_write_buffer_limits(high=WRITE_BUFFER)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            await _Conversation(self, client, reader, writer).run()
+        except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
+            # Stalled, gone or rude: drop it now, and free what its transport buffered.
+            if transport is not None:
+                transport.abort()
+        except asyncio.CancelledError:
+            if transport is not None:
+                transport.abort()
+        except Exception:
+            self.errors.log(log, "client connection failed", exc_info=True)
+        finally:
+            self._clients.pop(id(client), None)
+            if transport is None:
+                sock.close()
+            else:
+                transport.close()
+
+    async def _handshake(self, sock: socket.socket,
+                         protocol: asyncio.StreamReaderProtocol) -> asyncio.Transport:
+        """TLS, started only once the client speaks and at most MAX_HANDSHAKES at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.handshake_timeout
+        async with asyncio.timeout_at(deadline):
+            await _readable(sock)
+            await self._handshakes.acquire()
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self.ssl_context,
+                ssl_handshake_timeout=max(0.1, deadline - loop.time()))
+        finally:
+            self._handshakes.release()
+        return transport
+
+    def close(self) -> None:
+        """Stop accepting, close the listening sockets and every client connection."""
+        for task in self._accepting:
+            task.cancel()
+        for listener in self.sockets:
+            listener.close()
+        for client in list(self._clients.values()):
+            if client.task is not None:
+                client.task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until every client connection has ended."""
+        tasks = [c.task for c in self._clients.values() if c.task is not None]
+        await asyncio.gather(*self._accepting, *tasks, return_exceptions=True)
+
+
+def _listeners(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` names (every interface when None)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    made: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            made.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if host is None and exc.errno == errno.EADDRNOTAVAIL:
+                    made.pop().close()  # no IPv6 here: every interface means IPv4's
+                    continue
+                raise
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in made:
+            sock.close()
+        raise
+    return made
+
+
+async def serve(handler: Handler, host: str | None, port: int, *,
+                ssl_context: ssl.SSLContext | None = None, gate: Gate | None = None,
+                limits: Limits | None = None) -> HTTPServer:
+    """Start serving on ``host:port``; raises OSError when it cannot listen.
 
     ``gate`` learns when a request is being answered, so background work can wait.
     """
-    busy = gate or Gate()
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Shutdown cancels open keep-alive connections; ending quietly stops asyncio (3.11)
-        # from logging each one as an error.
-        with contextlib.suppress(asyncio.CancelledError):
-            await _serve_connection(handler, busy, reader, writer)
-
-    return await asyncio.start_server(
-        on_connect, host, port, ssl=ssl_context, limit=MAX_HEAD_BYTES,
-        ssl_handshake_timeout=10.0 if ssl_context else None, reuse_address=True,
-    )
+    return HTTPServer(handler, _listeners(host, port), ssl_context, gate or Gate(),
+                      limits or Limits())

@@ -28,12 +28,14 @@ import yaml
 from exporter import logs
 from exporter.config import parse_duration
 from exporter.models import INSTANCE_SIZES, parse_pause_schedule
-from exporter.server import Request, Response, parse_listen_address, serve
+from exporter.server import Limits, Request, Response, parse_listen_address, serve
 
 log = logging.getLogger(__name__)
 
 SIMULATOR_TOKEN_ENV = "REFLEXDB_SIMULATOR_TOKEN"  # noqa: S105 - a variable name
 DEFAULT_TOKEN = "demo-token"  # noqa: S105 - the simulator's public default
+# The control API takes JSON bodies (records, faults); the exporter itself takes none.
+CONTROL_LIMITS = Limits(max_body_bytes=1024 * 1024, keep_body=True)
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-2")
 NAMES = ("orders", "billing", "inventory", "analytics", "users", "events", "catalog",
          "payments", "search", "audit", "crm", "ledger")
@@ -355,7 +357,8 @@ async def _main(args: argparse.Namespace, token: str) -> None:
     if args.tls_cert_file:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.tls_cert_file, args.tls_key_file)
-    server = await serve(SimulatorApp(fleet), host, port, context)
+    server = await serve(SimulatorApp(fleet), host, port, ssl_context=context,
+                         limits=CONTROL_LIMITS)
     bound = server.sockets[0].getsockname()
     shown = host or "127.0.0.1"
     scheme = "https" if context else "http"
