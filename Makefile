@@ -20,8 +20,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Listens on 127.0.0.1:10510; pass flags with ARGS, e.g.
+#   make demo ARGS='--web.listen-address=127.0.0.1:10600'
 demo: $(VENV)/.installed-run
-	$(BIN)/reflexdb-exporter --demo
+	$(BIN)/reflexdb-exporter --demo $(ARGS)
 
 # promtool, prometheus and alertmanager for the tests come from Debian's packages; curl is a
 # real client the tests use, openssl makes their throwaway certificates.

@@ -12,16 +12,19 @@ import sys
 from pathlib import Path
 
 from exporter import __version__, logs, memory
-from exporter.config import Config, ConfigError
+from exporter.config import Config, ConfigError, parse_duration
+from exporter.http import RESERVED_PATHS
+from exporter.preflight import preflight
 from exporter.runtime import Options, Runtime, load_config
-from exporter.server import parse_listen_address, serve
+from exporter.server import Limits, parse_listen_address, serve
 from exporter.simulator import CONTROL_LIMITS, Fleet, SimulatorApp, exporter_config, run_fleet
-from exporter.tokens import TOKEN_ENV, TokenError, TokenSource
+from exporter.tokens import TOKEN_ENV, TokenSource
 from exporter.webconfig import TLSServerConfig, WebConfig, parse_web_config, server_ssl_context
 
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 10510
+DEFAULTS = Limits()
 DEMO_POLL_INTERVAL = "2s"
 DEMO_TICK = 3.0
 
@@ -36,12 +39,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config.check", dest="config_check", action="store_true",
                         help="validate the config file (and --web.config.file) and exit")
     parser.add_argument("--web.listen-address", dest="listen_address",
-                        default=f":{DEFAULT_PORT}",
-                        help=f"[HOST]:PORT to serve on (default :{DEFAULT_PORT})")
+                        help=f"[HOST]:PORT to serve on (default :{DEFAULT_PORT}, and "
+                             f"127.0.0.1:{DEFAULT_PORT} with --demo)")
     parser.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
-                        help="path of the metrics (default /metrics)")
+                        help="path of the metrics, starting with / (default /metrics)")
     parser.add_argument("--web.config.file", dest="web_config_file", type=Path,
                         help="exporter-toolkit web config: TLS and basic auth")
+    parser.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                        help="serve POST/PUT /-/reload (SIGHUP always reloads)")
+    parser.add_argument("--web.max-connections", dest="max_connections", type=int,
+                        default=DEFAULTS.max_connections,
+                        help="client connections at most; at the cap the idlest one is "
+                             f"closed (default {DEFAULTS.max_connections})")
+    parser.add_argument("--web.read-timeout", dest="read_timeout", type=parse_duration,
+                        default=DEFAULTS.read_timeout,
+                        help="time a client has to send a whole request, from its first byte "
+                             f"(default {DEFAULTS.read_timeout:g}s)")
+    parser.add_argument("--web.write-timeout", dest="write_timeout", type=parse_duration,
+                        default=DEFAULTS.write_timeout,
+                        help="an answer that makes no progress this long is abandoned "
+                             f"(default {DEFAULTS.write_timeout:g}s)")
+    parser.add_argument("--web.idle-timeout", dest="idle_timeout", type=parse_duration,
+                        default=DEFAULTS.idle_timeout,
+                        help="a kept-alive connection with no request this long is closed "
+                             f"(default {DEFAULTS.idle_timeout:g}s)")
     parser.add_argument("--shard", type=int, default=0,
                         help="which share of the connections this replica polls (0-based)")
     parser.add_argument("--total-shards", dest="total_shards", type=int, default=1,
@@ -55,6 +76,22 @@ def _parser() -> argparse.ArgumentParser:
                         version=f"reflexdb-exporter, version {__version__} "
                                 f"(python {platform.python_version()})")
     return parser
+
+
+def _flag_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    try:
+        parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        problems.append(f"--web.listen-address: {exc}")
+    if not args.telemetry_path.startswith("/") or args.telemetry_path in RESERVED_PATHS:
+        problems.append(f"--web.telemetry-path: {args.telemetry_path!r} must start with / and "
+                        f"not be one of {', '.join(RESERVED_PATHS)}")
+    if not 0 <= args.shard < args.total_shards:
+        problems.append("--shard: must be from 0 to --total-shards minus 1")
+    if args.max_connections < 1:
+        problems.append("--web.max-connections: must be at least 1")
+    return problems
 
 
 def _fail(title: str, problems: list[str]) -> int:
@@ -87,10 +124,14 @@ async def _serve(runtime: Runtime, demo: bool = False) -> int:
     try:
         port = await runtime.start()
     except OSError as exc:
-        log.error("cannot listen", extra={"address": runtime.options.listen_address,
-                                          "err": exc.strerror or str(exc)})
+        reason = exc.strerror or str(exc)
+        log.error(f"cannot listen on --web.listen-address={runtime.options.listen_address}: "
+                  f"{reason.lower()}")
         await runtime.close()
         return 1
+    except ConfigError as exc:
+        await runtime.close()
+        return _fail("cannot start", exc.problems)
     if demo:
         print(f"\nReflexDB exporter demo: open http://localhost:{port}/ "
               f"(metrics at http://localhost:{port}{runtime.options.telemetry_path}); "
@@ -122,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     memory.one_arena()
     logs.setup(args.log_level, args.log_format)
-    try:
-        parse_listen_address(args.listen_address)
-    except ValueError as exc:
-        return _fail("invalid flags", [f"--web.listen-address: {exc}"])
-    if not 0 <= args.shard < args.total_shards:
-        return _fail("invalid flags", ["--shard: must be from 0 to --total-shards minus 1"])
+    if args.listen_address is None:
+        # A demo is for the person at this machine; a real exporter is scraped from afar.
+        args.listen_address = f"{'127.0.0.1' if args.demo else ''}:{DEFAULT_PORT}"
+    problems = _flag_problems(args)
+    if problems:
+        return _fail("invalid flags", problems)
     try:
         web = _web_config(args.web_config_file)
         tls = None
@@ -135,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             tls = _tls_context(web.tls_server_config, args.web_config_file.parent)
     except ConfigError as exc:
         return _fail(f"{args.web_config_file}: invalid web config", exc.problems)
+    limits = Limits(read_timeout=args.read_timeout, write_timeout=args.write_timeout,
+                    idle_timeout=args.idle_timeout, max_connections=args.max_connections)
     options = Options(listen_address=args.listen_address, telemetry_path=args.telemetry_path,
                       config_file=None if args.demo else args.config_file, web=web,
-                      tls=tls,
+                      tls=tls, limits=limits, enable_lifecycle=args.enable_lifecycle,
                       shard=args.shard, total_shards=args.total_shards,
                       warn_short_interval=not args.demo)
     if args.demo:
@@ -146,17 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config_file)
     except ConfigError as exc:
         return _fail(f"{args.config_file}: invalid config", exc.problems)
+    problems, warnings = preflight(config)
     if args.config_check:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if problems:
+            return _fail(f"{args.config_file}: config cannot start", problems)
         print(f"{args.config_file}: config OK, {len(config.connections)} "
               f"connection(s), polled every {config.poll_interval:g}s")
         return 0
-
-    async def start() -> int:
-        try:
-            runtime = Runtime(options, config)
-            return await _serve(runtime)
-        except TokenError as exc:
-            log.error(str(exc))
-            return 1
-
-    return asyncio.run(start())
+    if problems:
+        return _fail(f"{args.config_file}: config cannot start", problems)
+    return asyncio.run(_serve(Runtime(options, config)))

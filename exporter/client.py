@@ -6,8 +6,10 @@ import asyncio
 import hashlib
 import json
 import random
+import socket
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -87,6 +89,39 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what caused it, and so on, exception groups opened up."""
+    todo, seen = [exc], set()
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def connect_detail(exc: BaseException, host: str) -> str:
+    """What failed on the way to the API, naming the host: name resolution, a refusal, TLS."""
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {host}: {cause.strerror or 'name resolution failed'}"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS verification of {host} failed: {cause.verify_message or cause.reason}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS with {host} failed: {cause.reason or 'handshake error'}"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{host} refused the connection"
+        if isinstance(cause, ConnectionResetError):
+            return f"{host} reset the connection"
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"cannot connect to {host}: {cause.strerror}"
+    return f"cannot connect to {host}: {type(exc).__name__}"
+
+
 def tls_verification(ca_file: Path | None, insecure: bool) -> ssl.SSLContext | bool:
     """What httpx should verify the API's certificate against."""
     if insecure:
@@ -103,6 +138,7 @@ class ApiClient:
                  retries: int = 2, max_response_bytes: int = MAX_RESPONSE_BYTES,
                  verify: ssl.SSLContext | bool = True) -> None:
         self.base_url = base_url.rstrip("/")
+        self._host = httpx.URL(self.base_url).netloc.decode("ascii", "replace")
         self.timeout = timeout
         self.retries = retries
         self.max_response_bytes = max_response_bytes
@@ -151,7 +187,7 @@ class ApiClient:
         except (TimeoutError, httpx.TimeoutException):
             raise PollFailure("timeout", f"no complete answer within {self.timeout:g}s") from None
         except httpx.TransportError as exc:
-            raise PollFailure("connect_error", type(exc).__name__) from None
+            raise PollFailure("connect_error", connect_detail(exc, self._host)) from None
         if status != 200:
             retry_after = (parse_retry_after(headers.get("retry-after"), time.time())
                            if status in (429, 503) else None)

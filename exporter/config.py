@@ -174,10 +174,43 @@ def parse_config(text: str) -> Config:
     return parse_yaml(text, Config)
 
 
+def _duplicate_keys(node: yaml.Node, loc: tuple[int | str, ...] = ()) -> list[str]:
+    """``path: duplicate key`` for every key given twice in one mapping, at any depth."""
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            child = (*loc, key) if isinstance(key, str) else loc
+            if isinstance(key, str) and key != "<<":  # merge keys may repeat by design
+                if key in seen:
+                    problems.append(f"{_path(child)}: duplicate key")
+                seen.add(key)
+            problems.extend(_duplicate_keys(value_node, child))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems.extend(_duplicate_keys(item, (*loc, index)))
+    return problems
+
+
+def _load(text: str) -> object:
+    """Parse YAML safely, refusing duplicate keys (PyYAML keeps the last one silently)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if problems := _duplicate_keys(node):
+            raise ConfigError(problems)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_yaml(text: str, model: type[M]) -> M:
     """Validate YAML text against a model; ConfigError names every bad key by its path."""
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"

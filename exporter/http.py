@@ -11,6 +11,9 @@ from exporter.render import negotiate
 from exporter.server import Request, Response
 from exporter.snapshot import Store
 
+# Paths the exporter serves itself; the telemetry path may not take one of them.
+RESERVED_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload")
+
 
 def accepts_gzip(header: str | None) -> bool:
     """Whether Accept-Encoding allows gzip (a ``q=0`` refuses it)."""
@@ -46,7 +49,7 @@ class ExporterApp:
             if request.method not in ("POST", "PUT"):
                 return Response(405, b"use POST\n", headers=[("Allow", "POST, PUT")])
             if self.reload is None:
-                return Response(404, b"reload is not available\n")
+                return Response(403, b"Lifecycle API is not enabled.\n")
             ok, message = await self.reload()
             return Response(200 if ok else 500, (message + "\n").encode())
         if request.method not in ("GET", "HEAD"):

@@ -104,7 +104,7 @@ class Throttle:
         self._held: dict[str, int] = {}
 
     def log(self, logger: logging.Logger, msg: str, *, level: int = logging.ERROR,
-            exc_info: bool = False, **fields: object) -> None:
+            exc_info: bool | BaseException = False, **fields: object) -> None:
         """Log ``msg`` with ``fields`` unless it was logged less than ``interval`` ago."""
         now = time.monotonic()
         last = self._last.get(msg)

@@ -42,6 +42,14 @@ class Poller:
                 self._tasks[connection_id] = asyncio.create_task(
                     self._loop(connection_id), name=f"poll {connection_id}")
 
+    def update(self, tokens: dict[str, TokenSource], interval: float) -> None:
+        """Poll these connections from now on; those already polled keep their schedule."""
+        self.tokens = tokens
+        self.interval = interval
+        for connection_id in [c for c in self._tasks if c not in tokens]:
+            self._tasks.pop(connection_id).cancel()
+        self.start()
+
     async def stop(self) -> None:
         """Cancel every task, in-flight requests included, and wait for them to end."""
         tasks = list(self._tasks.values())

@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import ssl
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from exporter import memory
+from exporter import memory, preflight
 from exporter.client import ApiClient, tls_verification
-from exporter.config import RATE_LIMIT_WARNING_SECONDS, Config, ConfigError, parse_config
+from exporter.config import Config, ConfigError, parse_config
 from exporter.http import ExporterApp
+from exporter.logs import Throttle
 from exporter.poller import Poller
 from exporter.priority import Gate
-from exporter.server import Handler, HTTPServer, parse_listen_address, serve
+from exporter.server import Handler, HTTPServer, Limits, parse_listen_address, serve
 from exporter.sharding import owned
 from exporter.snapshot import Store
 from exporter.tokens import TokenError, TokenSource
@@ -32,6 +35,18 @@ TRIM_INTERVAL = 10.0  # seconds; a trim of a few hundred MiB of heap takes about
 # period cost a fifth of the exporter's CPU (py-spy), and checksumming on the scrape's time
 # instead left the worst-case gzip p99 at 104 ms. 1 s keeps a change within poll_interval + 2 s.
 ASSEMBLY_PERIOD = 1.0  # seconds
+# File descriptors never handed to clients: polling's sockets, token and config files, logs.
+RESERVED_FDS = 128
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit to the hard one, as Go programs do; the new soft one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,8 @@ class Options:
     config_file: Path | None = None
     web: WebConfig | None = None
     tls: ssl.SSLContext | None = None
+    limits: Limits = field(default_factory=Limits)
+    enable_lifecycle: bool = False
     shard: int = 0
     total_shards: int = 1
     warn_short_interval: bool = True
@@ -94,6 +111,23 @@ class Runtime:
         self._stop = asyncio.Event()
         self._gate = Gate()
         self._assembler: asyncio.Task[None] | None = None
+        self._loop_errors = Throttle(60.0)
+
+    def _limits(self) -> Limits:
+        """The flags' limits, with client connections capped below the open-files limit."""
+        limits = self.options.limits
+        room = max(1, raise_open_files_limit() - RESERVED_FDS - self.config.api.max_concurrency)
+        if room < limits.max_connections:
+            log.warning("the open-files limit leaves room for fewer client connections than "
+                        "--web.max-connections", extra={"max_connections": room})
+            limits = replace(limits, max_connections=room)
+        return limits
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's own complaints, at most one line a minute each, never one per client."""
+        exc = context.get("exception")
+        self._loop_errors.log(log, f"event loop: {context.get('message', 'error')}",
+                              exc_info=exc if isinstance(exc, BaseException) else False)
 
     def _owned(self, config: Config) -> list[str]:
         return owned([c.id for c in config.connections], self.options.shard,
@@ -101,14 +135,17 @@ class Runtime:
 
     async def start(self) -> int:
         """Bind the listener and start polling; returns the bound port."""
-        handler: Handler = ExporterApp(self.store, self.options.telemetry_path,
-                                       reload=self.reload)
+        handler: Handler = ExporterApp(
+            self.store, self.options.telemetry_path,
+            reload=self.reload if self.options.enable_lifecycle else None)
         context = self.options.tls
         web = self.options.web
         if web is not None:
             handler = protect(handler, web)
         host, port = parse_listen_address(self.options.listen_address)
-        self._server = await serve(handler, host, port, ssl_context=context, gate=self._gate)
+        asyncio.get_running_loop().set_exception_handler(self._loop_error)
+        self._server = await serve(handler, host, port, ssl_context=context, gate=self._gate,
+                                   limits=self._limits())
         self._assembler = asyncio.create_task(
             self.store.assemble_in_background(ASSEMBLY_PERIOD, self._gate))
         bound = int(self._server.sockets[0].getsockname()[1])
@@ -124,16 +161,18 @@ class Runtime:
         return bound
 
     def _apply(self, config: Config, sources: dict[str, TokenSource]) -> None:
-        """Start polling under ``config``; the caller has stopped any previous poller."""
-        if config.api.insecure_skip_verify:
-            log.warning("TLS VERIFICATION OF THE API IS OFF (api.insecure_skip_verify): "
-                        "anyone on the network path can read the API token")
-        if self.options.warn_short_interval and config.poll_interval < RATE_LIMIT_WARNING_SECONDS:
-            log.warning("poll_interval is short enough to strain a real account's API rate "
-                        "limit", extra={"poll_interval_seconds": config.poll_interval})
+        """Poll under ``config``: connections whose settings did not change keep their
+        schedule, state and pooled API connections; the rest start or stop."""
+        for warning in preflight.warnings(config):
+            if self.options.warn_short_interval or not warning.startswith("poll_interval"):
+                log.warning(warning)
+        same_api = self._poller is not None and config.api == self.config.api
         self.config = config
         self.store.stale_after = config.stale_after
         self.store.set_connections(sources)
+        if same_api and self._poller is not None:
+            self._poller.update(sources, config.poll_interval)
+            return
         api = config.api
         self._client = ApiClient(api.url, api.timeout, api.max_concurrency, retries=api.retries,
                                  max_response_bytes=api.max_response_size,
@@ -155,6 +194,8 @@ class Runtime:
                 if self.options.config_file is None:
                     raise ConfigError(["--config.file: this exporter runs without a config file"])
                 config = load_config(self.options.config_file)
+                if problems := preflight.problems(config):
+                    raise ConfigError(problems)
                 sources = token_sources(config, self._owned(config))
             except (ConfigError, TokenError) as exc:
                 problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
@@ -162,7 +203,9 @@ class Runtime:
                 log.error("config reload refused; the previous config keeps running",
                           extra={"problems": "; ".join(problems)})
                 return False, "\n".join(problems)
-            await self._stop_polling()
+            if config.api != self.config.api:
+                await self._stop_polling()
+                self._poller = None
             self._apply(config, sources)
             self.store.set_exporter(replace(self.store.exporter, reload_ok=True,
                                             reload_time=time.time()))

@@ -25,6 +25,10 @@ CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CER
 REALM = 'Basic realm="reflexdb-exporter", charset="UTF-8"'
 # Successful logins are remembered so a scrape does not pay bcrypt's cost every time.
 AUTH_CACHE_SIZE = 256
+BCRYPT_MAX_PASSWORD = 72  # bytes; bcrypt ignores or refuses the rest
+# Checks queued behind the one running; past this a request gets 503 at once instead of
+# waiting (with a cost-10 hash, 32 checks are about 2 s).
+MAX_WAITING_CHECKS = 32
 
 
 def _bcrypt_hash(value: str) -> str:
@@ -91,27 +95,44 @@ def server_ssl_context(tls: TLSServerConfig, base: Path) -> ssl.SSLContext:
 
 
 class BasicAuth:
-    """Checks ``Authorization: Basic`` against bcrypt hashes, off the event loop."""
+    """Checks ``Authorization: Basic`` against bcrypt hashes, as exporter-toolkit does.
+
+    One bcrypt check runs at a time, in a worker thread, so a flood of wrong passwords takes
+    one core and never the event loop; scrapers whose login succeeded before skip bcrypt.
+    """
 
     def __init__(self, users: dict[str, str]) -> None:
         self._users = {user: hashed.encode() for user, hashed in users.items()}
-        # Unknown users are checked against a hash of the same cost, so timing reveals nothing.
-        cost = next(iter(self._users.values()))[4:6] if self._users else b"10"
-        self._dummy = bcrypt.hashpw(b"unknown user", bcrypt.gensalt(int(cost)))
+        # Unknown users are checked against a hash as costly as the costliest configured one,
+        # so timing does not tell which users exist.
+        cost = max((int(h[4:6]) for h in self._users.values()), default=10)
+        self._decoy = bcrypt.hashpw(b"unknown user", bcrypt.gensalt(cost))
         self._cache: OrderedDict[bytes, None] = OrderedDict()
+        self._one_at_a_time = asyncio.Lock()
+        self._waiting = 0
 
-    async def allowed(self, header: str | None) -> bool:
-        """Whether the header carries a known user's right password."""
+    async def check(self, header: str | None) -> bool | None:
+        """Whether the header carries a known user's right password; None when too many
+        checks are already waiting for their turn."""
         credentials = _decode(header)
         if credentials is None:
             return False
         user, password = credentials
+        if len(password) > BCRYPT_MAX_PASSWORD:
+            return False  # bcrypt would refuse it; no configured password can be this long
         hashed = self._users.get(user)
         key = hashlib.sha256(b"\0".join((user.encode(), password, hashed or b""))).digest()
         if hashed is not None and key in self._cache:
             self._cache.move_to_end(key)
             return True
-        ok = await asyncio.to_thread(bcrypt.checkpw, password, hashed or self._dummy)
+        if self._waiting >= MAX_WAITING_CHECKS:
+            return None
+        self._waiting += 1
+        try:
+            async with self._one_at_a_time:
+                ok = await asyncio.to_thread(bcrypt.checkpw, password, hashed or self._decoy)
+        finally:
+            self._waiting -= 1
         if ok and hashed is not None:
             self._cache[key] = None
             while len(self._cache) > AUTH_CACHE_SIZE:
@@ -137,7 +158,11 @@ def protect(handler: Handler, web: WebConfig) -> Handler:
     extra = list(web.http_server_config.headers.items())
 
     async def guarded(request: Request) -> Response:
-        if auth is not None and not await auth.allowed(request.headers.get("authorization")):
+        allowed = True if auth is None else await auth.check(request.headers.get("authorization"))
+        if allowed is None:
+            response = Response(503, b"Too many logins being checked; try again.\n",
+                                headers=[("Retry-After", "1")])
+        elif not allowed:
             response = Response(401, b"Unauthorized\n", headers=[("WWW-Authenticate", REALM)])
         else:
             response = await handler(request)

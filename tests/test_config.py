@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,10 +91,14 @@ def test_structural_problems(text: str, problem: str) -> None:
     assert caught.value.problems[0].startswith(problem)
 
 
-def _check(path: Path) -> subprocess.CompletedProcess[str]:
+def _check(path: Path, token: str | None = "tok-check",  # noqa: S107 - a throwaway test token
+           ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFLEXDB_")}
+    if token is not None:
+        env["REFLEXDB_API_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "exporter", "--config.check", "--config.file", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False, env=env)
 
 
 def test_config_check_flag_reports_and_exits(tmp_path: Path) -> None:

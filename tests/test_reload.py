@@ -27,7 +27,8 @@ def test_reload_refuses_bad_config_and_applies_good_one(
     """A broken config is refused (old one keeps polling); a good one adds and removes."""
     first, second, third = (cid.lower() for cid in simulator.connection_ids)
     exporter = start_exporter(exporter_config(simulator, connections=[{"id": first},
-                                                                      {"id": second}]))
+                                                                      {"id": second}]),
+                              extra_args=["--web.enable-lifecycle"])
     exporter.wait_for(lambda s: len(s.series("reflexdb_database_status", connection_id=second)))
     ok, loaded_at = _reload_gauges(exporter)
     assert ok == 1

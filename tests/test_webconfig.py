@@ -176,12 +176,12 @@ def test_unknown_users_cost_one_bcrypt_check_of_the_same_cost(
         import base64  # noqa: PLC0415
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
-    assert not asyncio.run(auth.allowed(header("mallory", "pw")))
+    assert not asyncio.run(auth.check(header("mallory", "pw")))
     assert len(seen) == 1
     assert seen[0][:7] == hashed.encode()[:7]  # $2b$11$: the same algorithm and cost
-    assert not asyncio.run(auth.allowed(header("alice", "wrong")))
-    assert asyncio.run(auth.allowed(header("alice", "pw")))
-    assert asyncio.run(auth.allowed(header("alice", "pw")))
+    assert not asyncio.run(auth.check(header("alice", "wrong")))
+    assert asyncio.run(auth.check(header("alice", "pw")))
+    assert asyncio.run(auth.check(header("alice", "pw")))
     assert len(seen) == 3  # the second good login came from the cache
-    assert not asyncio.run(auth.allowed("Bearer abc"))
-    assert not asyncio.run(auth.allowed("Basic !!!"))
+    assert not asyncio.run(auth.check("Bearer abc"))
+    assert not asyncio.run(auth.check("Basic !!!"))
