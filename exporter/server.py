@@ -11,10 +11,12 @@ and for writing, and TLS handshakes, which start only once the client has sent s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -39,6 +41,7 @@ BACKLOG = 1024
 # this many run at once, the rest wait (inside their handshake timeout) as plain sockets.
 MAX_HANDSHAKES = 64
 ACCEPT_RETRY_SECONDS = 0.1
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, zero seconds: close() sends a reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +155,10 @@ def _to_request(event: h11.Request) -> Request:
 class _Client:
     """One open client connection, as the accept loop sees it."""
 
-    __slots__ = ("progress", "task", "transport")
+    __slots__ = ("progress", "sock", "task", "transport")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
         self.progress = now  # when it last sent us bytes or took some of an answer
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
@@ -320,9 +324,10 @@ class HTTPServer:
                 continue
             if len(self._clients) >= self.limits.max_connections:
                 self._shed(loop.time())
-            client = _Client(loop.time())
+            client = _Client(sock, loop.time())
             self._clients[id(client)] = client
             client.task = asyncio.create_task(self._serve(sock, client))
+            await asyncio.sleep(0)  # a flood of connections must not starve the answers
 
     def _shed(self, now: float) -> None:
         """Close the client that has gone longest without progress."""
@@ -335,6 +340,8 @@ class HTTPServer:
         del self._clients[id(victim)]
         if victim.transport is not None:
             victim.transport.abort()
+        else:
+            victim.sock.close()  # its task may not have started, and then never will
         if victim.task is not None:
             victim.task.cancel()
 
@@ -353,11 +360,12 @@ class HTTPServer:
             transport.set_write_buffer_limits(high=WRITE_BUFFER)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             await _Conversation(self, client, reader, writer).run()
-        except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
-            # Stalled, gone or rude: drop it now, and free what its transport buffered.
-            if transport is not None:
-                transport.abort()
-        except asyncio.CancelledError:
+        except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError,
+                asyncio.CancelledError):
+            # Stalled, gone, rude or shed: drop it now with a reset, so neither our transport
+            # nor the kernel keeps what was still queued for it.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             if transport is not None:
                 transport.abort()
         except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -91,11 +92,17 @@ def parse_exposition(text: str) -> Scrape:
 class Process:
     """A child process whose output goes to a file and which is stopped with SIGTERM."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str],
+                 nofile: tuple[int, int] | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=ROOT)
+                                     cwd=ROOT, preexec_fn=limit if nofile else None)  # noqa: PLW1509 - only setrlimit, which is async-signal-safe
 
     def logs(self) -> str:
         """Everything the process printed so far."""
@@ -191,7 +198,8 @@ class Exporter:
     """The exporter process, configured from a dict, and helpers to scrape it."""
 
     def __init__(self, tmp: Path, config: dict[str, Any], token: str | None,
-                 extra_args: list[str] | None = None, wait_ready: bool = True) -> None:
+                 extra_args: list[str] | None = None, wait_ready: bool = True, *,
+                 nofile: tuple[int, int] | None = None) -> None:
         self.port = free_port()
         self.config_path = tmp / f"exporter-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -199,7 +207,7 @@ class Exporter:
                 "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug",
                 *(extra_args or [])]
         env = _env(REFLEXDB_API_TOKEN=token) if token else _env()
-        self.process = Process(args, tmp / f"exporter-{self.port}.log", env)
+        self.process = Process(args, tmp / f"exporter-{self.port}.log", env, nofile)
         self.url = f"http://127.0.0.1:{self.port}"
         self.http = httpx.Client(base_url=self.url, timeout=10)
         if wait_ready:
@@ -230,6 +238,17 @@ class Exporter:
     def logs(self) -> str:
         """Everything the exporter logged so far."""
         return self.process.logs()
+
+    @property
+    def pid(self) -> int:
+        """The exporter's process ID, for /proc probes."""
+        return self.process.proc.pid
+
+    def assert_calm(self) -> None:
+        """No error line and no traceback in the log so far."""
+        text = self.logs()
+        assert "level=error" not in text, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
 
     def close(self) -> int:
         """Stop the process; returns its exit code."""

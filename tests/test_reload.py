@@ -87,3 +87,72 @@ def test_sigint_exits_zero(exporter: Exporter) -> None:
     """SIGINT (Ctrl-C) is a clean stop too."""
     exporter.process.proc.send_signal(signal.SIGINT)
     assert exporter.process.proc.wait(10) == 0
+
+
+def _requests_for(simulator: Simulator, connection_id: str, since: float) -> int:
+    return sum(1 for r in simulator.requests()
+               if r["time"] >= since and r["path"].lower().endswith(connection_id.lower()))
+
+
+def test_reload_endpoint_is_off_without_the_lifecycle_flag(
+        exporter: Exporter, simulator: Simulator) -> None:
+    """Without --web.enable-lifecycle, POST and PUT /-/reload get 403 and reload nothing,
+    a cross-site form POST included; SIGHUP still reloads."""
+    loaded_at = _reload_gauges(exporter)[1]
+    for method in ("POST", "PUT"):
+        answer = exporter.http.request(method, "/-/reload")
+        assert (answer.status_code, answer.text) == (403, "Lifecycle API is not enabled.\n")
+    form = exporter.http.post("/-/reload", data={"x": "1"},
+                              headers={"Origin": "https://evil.example", "Sec-Fetch-Site":
+                                       "cross-site"})
+    assert form.status_code == 403
+    time.sleep(0.5)
+    assert _reload_gauges(exporter)[1] == loaded_at
+    assert "config reloaded" not in exporter.logs()
+    exporter.process.proc.send_signal(signal.SIGHUP)
+    exporter.wait_for(lambda s: (s.value(
+        "reflexdb_exporter_config_last_reload_success_timestamp_seconds") or 0) > (loaded_at or 0))
+    assert "config reloaded" in exporter.logs()
+
+
+def test_reloading_an_unchanged_config_sends_no_extra_api_requests(
+        simulator: Simulator, start_exporter: Callable[..., Exporter]) -> None:
+    """Five reloads of the same config keep every connection's schedule: no API request is
+    sent before the next poll is due; adding a connection polls only that one."""
+    first, second, third = simulator.connection_ids
+    exporter = start_exporter(exporter_config(simulator, poll_interval="60s", connections=[
+        {"id": first}, {"id": second}]), extra_args=["--web.enable-lifecycle"])
+    # The first polls all landed (ready); the next are due about 57-60 s from now.
+    since = time.time()
+    for _ in range(5):
+        assert httpx.post(f"{exporter.url}/-/reload", timeout=10).status_code == 200
+        exporter.process.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.2)
+    time.sleep(6)  # longer than the first-poll spread a restarted poller would use
+    assert exporter.logs().count("config reloaded") == 10
+    assert _requests_for(simulator, first, since) == 0
+    assert _requests_for(simulator, second, since) == 0
+    exporter.config_path.write_text(yaml.safe_dump(exporter_config(
+        simulator, poll_interval="60s", connections=[{"id": first}, {"id": second},
+                                                     {"id": third}])))
+    assert httpx.post(f"{exporter.url}/-/reload", timeout=10).status_code == 200
+    wait_until(lambda: _requests_for(simulator, third, since) == 1, timeout=10,
+               what="the added connection's first poll")
+    time.sleep(1)
+    assert _requests_for(simulator, first, since) == 0
+    assert _requests_for(simulator, second, since) == 0
+    assert exporter.scrape().value("reflexdb_connection_up", connection_id=third.lower()) == 1
+
+
+def test_reload_with_changed_api_settings_restarts_polling(
+        simulator: Simulator, start_exporter: Callable[..., Exporter]) -> None:
+    """A reload that changes api settings re-polls every connection under them."""
+    first = simulator.connection_ids[0]
+    config = exporter_config(simulator, poll_interval="60s", connections=[{"id": first}])
+    exporter = start_exporter(config)
+    since = time.time()
+    config["api"] = {**config["api"], "timeout": "3s"}
+    exporter.config_path.write_text(yaml.safe_dump(config))
+    exporter.process.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: _requests_for(simulator, first, since) == 1, timeout=10,
+               what="a poll under the new api settings")

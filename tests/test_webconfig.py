@@ -185,3 +185,71 @@ def test_unknown_users_cost_one_bcrypt_check_of_the_same_cost(
     assert len(seen) == 3  # the second good login came from the cache
     assert not asyncio.run(auth.check("Bearer abc"))
     assert not asyncio.run(auth.check("Basic !!!"))
+
+
+def _basic(user: str, password: str | bytes) -> str:
+    import base64  # noqa: PLC0415
+    raw = password if isinstance(password, bytes) else password.encode()
+    return "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()
+
+
+@pytest.mark.e2e
+def test_basic_auth_over_plain_http_refuses_long_passwords_calmly(
+        simulator: Simulator, start_exporter: Callable[..., Exporter], tmp_path: Path) -> None:
+    """A password over bcrypt's 72 bytes is a 401 with nothing logged as an error; the right
+    password still works and wrong ones are 401."""
+    web = tmp_path / "auth.yml"
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    exporter = start_exporter(exporter_config(simulator), wait_ready=False,
+                              extra_args=["--web.config.file", str(web)])
+    wait_until(lambda: exporter.http.get("/-/ready", auth=("prometheus", PASSWORD)
+                                         ).status_code == 200, what="readiness")
+    for password in ("x" * 73, PASSWORD + "y" * 80, "wrong"):
+        answer = exporter.http.get("/metrics", headers={"Authorization": _basic(
+            "prometheus", password)})
+        assert answer.status_code == 401
+    assert exporter.http.get("/metrics", auth=("prometheus", PASSWORD)).status_code == 200
+    exporter.assert_calm()
+
+
+def test_decoy_hash_is_as_costly_as_the_costliest_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown user is checked against a hash of the highest configured cost."""
+    cheap = bcrypt.hashpw(b"a", bcrypt.gensalt(4)).decode()
+    dear = bcrypt.hashpw(b"b", bcrypt.gensalt(9)).decode()
+    auth = webconfig.BasicAuth({"cheap": cheap, "dear": dear})
+    seen: list[bytes] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw",
+                        lambda password, stored: seen.append(stored) or real(password, stored))
+    assert not asyncio.run(auth.check(_basic("mallory", "b")))
+    assert seen[0].startswith(b"$2b$09$")
+
+
+def test_bcrypt_checks_run_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent logins never run two bcrypt checks at once, and a queue past its bound is
+    told to come back (None) at once instead of waiting."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    auth = webconfig.BasicAuth({"alice": hashed})
+    running = peak = 0
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, stored: bytes) -> bool:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        time.sleep(0.02)
+        running -= 1
+        return bool(real(password, stored))
+
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting)
+
+    async def flood(count: int) -> list[bool | None]:
+        return await asyncio.gather(*(auth.check(_basic("alice", f"wrong{i}"))
+                                      for i in range(count)))
+
+    results = asyncio.run(flood(webconfig.MAX_WAITING_CHECKS + 10))
+    assert peak == 1
+    assert results.count(False) == webconfig.MAX_WAITING_CHECKS
+    assert results.count(None) == 10
+    assert asyncio.run(auth.check(_basic("alice", "pw"))) is True
