@@ -104,6 +104,16 @@ def read_answer(sock: socket.socket, limit: int = 1 << 20) -> tuple[bytes, bool]
     return data, False
 
 
+TCP_CLOSE = 7  # tcpi_state once a reset has arrived (include/net/tcp_states.h)
+TCP_CLOSE_WAIT = 8  # the server closed its side with a FIN
+
+
+def dropped_by_server(sock: socket.socket) -> bool:
+    """Whether the server has reset or closed this connection, without reading from it."""
+    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    return state in (TCP_CLOSE, TCP_CLOSE_WAIT)
+
+
 def status_of(answer: bytes) -> int | None:
     """The status code of an HTTP/1.1 answer's first line."""
     first = answer.split(b"\r\n", 1)[0].split(b" ")

@@ -201,17 +201,21 @@ class Client:
         self.kind = kind
         self.timeout = timeout
 
-    def get(self, url: str, gzip: bool = False, save: Path | None = None) -> Scrape:
-        """GET ``url`` asking for text/plain, gzipped if ``gzip``; the body goes to ``save``."""
+    def get(self, url: str, gzip: bool = False, save: Path | None = None,
+            extra: list[str] | None = None) -> Scrape:
+        """GET ``url`` asking for text/plain, gzipped if ``gzip``; the body goes to ``save``.
+
+        ``extra`` are more curl arguments (TLS, credentials); only curl takes them.
+        """
         if self.kind == "curl":
-            return self._curl(url, gzip, save)
+            return self._curl(url, gzip, save, extra or [])
         return self._httpx(url, gzip, save)
 
-    def _curl(self, url: str, gzip: bool, save: Path | None) -> Scrape:
+    def _curl(self, url: str, gzip: bool, save: Path | None, extra: list[str]) -> Scrape:
         args = ["curl", "--silent", "--show-error", "--max-time", str(self.timeout),
                 "--output", str(save or os.devnull), "--dump-header", "-",
                 "--write-out", "\n%{http_code} %{time_total} %{size_download}",
-                "-H", "Accept: text/plain"]
+                "-H", "Accept: text/plain", *extra]
         if gzip:
             args += ["-H", "Accept-Encoding: gzip"]
         done = subprocess.run([*args, url], capture_output=True, text=True, check=False,

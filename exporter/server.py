@@ -37,8 +37,8 @@ READ_CHUNK = 16 * 1024
 WRITE_SLICE = 64 * 1024
 WRITE_BUFFER = 128 * 1024
 BACKLOG = 1024
-# Handshakes cost OpenSSL state and a 256 KiB read buffer each (asyncio's sslproto); only
-# this many run at once, the rest wait (inside their handshake timeout) as plain sockets.
+# Handshakes cost OpenSSL state and a 256 KiB read buffer each (asyncio's sslproto); past
+# this many at once, the oldest is shed (a real client's handshake takes milliseconds).
 MAX_HANDSHAKES = 64
 ACCEPT_RETRY_SECONDS = 0.1
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, zero seconds: close() sends a reset
@@ -301,7 +301,7 @@ class HTTPServer:
         self.limits = limits
         self.errors = Throttle()
         self._clients: dict[int, _Client] = {}
-        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
+        self._handshaking: dict[int, _Client] = {}  # oldest first
         self._accepting = [asyncio.create_task(self._accept(s)) for s in listeners]
 
     @property
@@ -331,13 +331,15 @@ class HTTPServer:
 
     def _shed(self, now: float) -> None:
         """Close the client that has gone longest without progress."""
-        if not self._clients:
-            return
-        victim = min(self._clients.values(), key=lambda c: c.progress)
-        self.errors.log(log, "too many client connections; closing the idlest",
-                        level=logging.WARNING, max_connections=self.limits.max_connections,
+        if self._clients:
+            victim = min(self._clients.values(), key=lambda c: c.progress)
+            self._shed_one(victim, now, "too many client connections; closing the idlest")
+
+    def _shed_one(self, victim: _Client, now: float, why: str) -> None:
+        self.errors.log(log, why, level=logging.WARNING,
+                        max_connections=self.limits.max_connections,
                         idle_seconds=round(now - victim.progress, 1))
-        del self._clients[id(victim)]
+        self._clients.pop(id(victim), None)
         if victim.transport is not None:
             victim.transport.abort()
         else:
@@ -355,7 +357,7 @@ class HTTPServer:
             if self.ssl_context is None:
                 transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
             else:
-                transport = await self._handshake(sock, protocol)
+                transport = await self._handshake(sock, client, protocol)
             client.transport = transport
             transport.set_write_buffer_limits(high=WRITE_BUFFER)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
@@ -377,20 +379,25 @@ class HTTPServer:
             else:
                 transport.close()
 
-    async def _handshake(self, sock: socket.socket,
+    async def _handshake(self, sock: socket.socket, client: _Client,
                          protocol: asyncio.StreamReaderProtocol) -> asyncio.Transport:
-        """TLS, started only once the client speaks and at most MAX_HANDSHAKES at once."""
+        """TLS, started only once the client speaks; past MAX_HANDSHAKES the one that has
+        taken longest is shed, so stalled handshakes cannot keep a real client waiting."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.handshake_timeout
         async with asyncio.timeout_at(deadline):
             await _readable(sock)
-            await self._handshakes.acquire()
+        if len(self._handshaking) >= MAX_HANDSHAKES:
+            oldest = next(iter(self._handshaking))
+            self._shed_one(self._handshaking.pop(oldest), loop.time(),
+                           "too many TLS handshakes in progress; closing the oldest")
+        self._handshaking[id(client)] = client
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: protocol, sock, ssl=self.ssl_context,
                 ssl_handshake_timeout=max(0.1, deadline - loop.time()))
         finally:
-            self._handshakes.release()
+            self._handshaking.pop(id(client), None)
         return transport
 
     def close(self) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
+import os
 import ssl
+import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -29,6 +33,7 @@ BCRYPT_MAX_PASSWORD = 72  # bytes; bcrypt ignores or refuses the rest
 # Checks queued behind the one running; past this a request gets 503 at once instead of
 # waiting (with a cost-10 hash, 32 checks are about 2 s).
 MAX_WAITING_CHECKS = 32
+BCRYPT_NICE = 10
 
 
 def _bcrypt_hash(value: str) -> str:
@@ -94,11 +99,24 @@ def server_ssl_context(tls: TLSServerConfig, base: Path) -> ssl.SSLContext:
     return context
 
 
+def _yield_to_serving() -> None:
+    """Lower the bcrypt thread's priority (Linux schedules threads apart), so checks use
+    spare CPU and a flood of them does not slow the event loop's answers."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BCRYPT_NICE)
+
+
+# One worker: exporter-toolkit's one check at a time, on a core the answers do not need.
+_BCRYPT = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt",
+                             initializer=_yield_to_serving)
+
+
 class BasicAuth:
     """Checks ``Authorization: Basic`` against bcrypt hashes, as exporter-toolkit does.
 
-    One bcrypt check runs at a time, in a worker thread, so a flood of wrong passwords takes
-    one core and never the event loop; scrapers whose login succeeded before skip bcrypt.
+    One bcrypt check runs at a time, in a low-priority worker thread, so a flood of wrong
+    passwords takes spare CPU and never the event loop; scrapers whose login succeeded before
+    skip bcrypt.
     """
 
     def __init__(self, users: dict[str, str]) -> None:
@@ -108,7 +126,6 @@ class BasicAuth:
         cost = max((int(h[4:6]) for h in self._users.values()), default=10)
         self._decoy = bcrypt.hashpw(b"unknown user", bcrypt.gensalt(cost))
         self._cache: OrderedDict[bytes, None] = OrderedDict()
-        self._one_at_a_time = asyncio.Lock()
         self._waiting = 0
 
     async def check(self, header: str | None) -> bool | None:
@@ -129,8 +146,8 @@ class BasicAuth:
             return None
         self._waiting += 1
         try:
-            async with self._one_at_a_time:
-                ok = await asyncio.to_thread(bcrypt.checkpw, password, hashed or self._decoy)
+            ok = await asyncio.get_running_loop().run_in_executor(
+                _BCRYPT, bcrypt.checkpw, password, hashed or self._decoy)
         finally:
             self._waiting -= 1
         if ok and hashed is not None:
