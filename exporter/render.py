@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,9 +99,20 @@ class Format:
     def process_metrics(self) -> bytes:
         """The prometheus_client default registry (process and Python runtime metrics).
 
-        In OpenMetrics this also supplies the closing ``# EOF`` line.
+        In OpenMetrics this also supplies the closing ``# EOF`` line. Rendered at most every
+        PROCESS_METRICS_TTL: a burst of requests (a hundred at once, hostile or not) must not
+        read /proc and render the registry a hundred times.
         """
-        return self.registry_encoder(REGISTRY)
+        now = time.monotonic()
+        cached = _PROCESS_CACHE.get(self.openmetrics)
+        if cached is None or now - cached[0] >= PROCESS_METRICS_TTL:
+            cached = (now, self.registry_encoder(REGISTRY))
+            _PROCESS_CACHE[self.openmetrics] = cached
+        return cached[1]
+
+
+PROCESS_METRICS_TTL = 0.25  # seconds; far below any scrape interval
+_PROCESS_CACHE: dict[bool, tuple[float, bytes]] = {}
 
 
 def negotiate(accept: str | None) -> Format:

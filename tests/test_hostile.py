@@ -13,7 +13,14 @@ import pytest
 
 from benchmarks import attacks
 from tests.certs import make_certs
-from tests.conftest import Exporter, Simulator, exporter_config, wait_until
+from tests.conftest import (
+    Exporter,
+    Scrape,
+    Simulator,
+    exporter_config,
+    parse_exposition,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,18 +66,24 @@ def _scrapes(exporter: Exporter) -> None:
     assert exporter.scrape().value("reflexdb_exporter_connections") is not None
 
 
-def _polls(exporter: Exporter) -> float:
-    scrape = exporter.scrape()
-    return sum(v for _, v in scrape.series("reflexdb_connection_polls_total"))
-
-
-def _polls_go_on(exporter: Exporter) -> None:
+def _polls_go_on(exporter: Exporter, client: httpx.Client | None = None) -> None:
     """Polls still succeed: the poll counter moves and every connection is up."""
-    before = _polls(exporter)
-    scrape = exporter.wait_for(lambda s: sum(
-        v for _, v in s.series("reflexdb_connection_polls_total")) > before + 2,
-        what="polls to go on")
-    assert all(v == 1 for _, v in scrape.series("reflexdb_connection_up"))
+    http = client or exporter.http
+
+    def scrape() -> Scrape:
+        return parse_exposition(http.get("/metrics").raise_for_status().text)
+
+    def polls(s: Scrape) -> float:
+        return sum(v for _, v in s.series("reflexdb_connection_polls_total"))
+
+    before = polls(scrape())
+
+    def moved() -> Scrape | None:
+        now = scrape()
+        return now if polls(now) > before + 2 else None
+
+    after = wait_until(moved, what="polls to go on")
+    assert all(v == 1 for _, v in after.series("reflexdb_connection_up"))
 
 
 def test_malformed_requests_get_an_error_status_and_a_closed_connection(
@@ -216,6 +229,7 @@ def test_idle_and_stalled_tls_handshakes_are_cheap_and_dropped(
         wait_until(lambda: attacks.open_sockets(exporter.pid) < 20, timeout=10,
                    what="every pending handshake to be dropped")
         assert tls.get("/metrics").status_code == 200
+        _polls_go_on(exporter, tls)
     tls.close()
     exporter.assert_calm()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from exporter import logs
 
 
@@ -46,3 +48,36 @@ def test_known_secrets_are_redacted_in_both_formats() -> None:
         line = formatter.format(record)
         assert secret not in line
         assert logs.REDACTED in line
+
+
+def test_absent_fields_are_left_out() -> None:
+    """A field whose value is None (no Retry-After, say) does not appear in the line."""
+    line = logs.LogfmtFormatter().format(_record("poll failed", reason="timeout",
+                                                 retry_after_seconds=None))
+    assert "reason=timeout" in line
+    assert "retry_after_seconds" not in line
+    assert "None" not in logs.JsonFormatter().format(_record("x", retry_after_seconds=None))
+
+
+def test_throttle_logs_once_per_interval_and_counts_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message repeated 1,000 times within the interval is logged once; the next line after
+    the interval says how many were held back."""
+    clock = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    seen: list[logging.LogRecord] = []
+    logger = logging.getLogger("exporter.throttle-test")
+    logger.propagate = False
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign] # collect records, print none
+    logger.addHandler(handler)
+    throttle = logs.Throttle(1.0)
+    for _ in range(1000):
+        throttle.log(logger, "cannot accept", level=logging.WARNING, err="EMFILE")
+    assert len(seen) == 1
+    clock[0] += 1.5
+    throttle.log(logger, "cannot accept", level=logging.WARNING, err="EMFILE")
+    throttle.log(logger, "another message")
+    assert len(seen) == 3
+    assert seen[1].held_back == 999  # type: ignore[attr-defined] # set through extra=
+    assert not hasattr(seen[2], "held_back")
