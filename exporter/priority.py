@@ -51,6 +51,21 @@ class Gate:
             if not self._in_flight:
                 self._idle.set()
 
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        """Within ``serving``: stop counting this request while its client is too slow to
+        keep up, so a stalled reader does not hold polls back for the patience every time."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+        try:
+            yield
+        finally:
+            if not self._in_flight:
+                self._busy_since = time.monotonic()
+                self._idle.clear()
+            self._in_flight += 1
+
     async def idle(self) -> None:
         """Wait until no request is in flight, or until the server has been busy ``patience``."""
         if not self._in_flight:

@@ -141,7 +141,7 @@ class Runtime:
         context = self.options.tls
         web = self.options.web
         if web is not None:
-            handler = protect(handler, web)
+            handler = protect(handler, web, self._gate)
         host, port = parse_listen_address(self.options.listen_address)
         asyncio.get_running_loop().set_exception_handler(self._loop_error)
         self._server = await serve(handler, host, port, ssl_context=context, gate=self._gate,

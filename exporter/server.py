@@ -46,6 +46,8 @@ SEND_BUFFER = 256 * 1024
 # this many at once, the oldest is shed (a real client's handshake takes milliseconds).
 MAX_HANDSHAKES = 64
 ACCEPT_RETRY_SECONDS = 0.1
+SHED_GRACE = 1.0  # seconds
+SLOW_CLIENT = 0.1  # seconds a write may wait for its client before it gives up priority
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, zero seconds: close() sends a reset
 
 
@@ -160,11 +162,12 @@ def _to_request(event: h11.Request) -> Request:
 class _Client:
     """One open client connection, as the accept loop sees it."""
 
-    __slots__ = ("progress", "sock", "task", "transport")
+    __slots__ = ("progress", "silent", "sock", "task", "transport")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.progress = now  # when it last sent us bytes or took some of an answer
+        self.silent = True  # it has sent nothing yet
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
 
@@ -272,9 +275,18 @@ class _Conversation:
         await self._drain()
 
     async def _drain(self) -> None:
-        """Wait while the transport holds more than WRITE_BUFFER, at most write_timeout."""
-        async with asyncio.timeout(self.limits.write_timeout):
-            await self.writer.drain()
+        """Wait while the transport holds more than WRITE_BUFFER, at most write_timeout.
+
+        A client that keeps us waiting over SLOW_CLIENT steps aside from scrape priority
+        until it catches up: it is a stalled or distant reader, and polls need not wait for it.
+        """
+        try:
+            async with asyncio.timeout(SLOW_CLIENT):
+                await self.writer.drain()
+        except TimeoutError:
+            with self.server.gate.aside():
+                async with asyncio.timeout(max(0.01, self.limits.write_timeout - SLOW_CLIENT)):
+                    await self.writer.drain()
         self.server.touch(self.client)
 
 
@@ -313,6 +325,7 @@ class HTTPServer:
     def touch(self, client: _Client) -> None:
         """Note that the client just sent bytes or took some of its answer."""
         client.progress = asyncio.get_running_loop().time()
+        client.silent = False
         if id(client) in self._clients:
             self._clients.move_to_end(id(client))
 
@@ -342,10 +355,18 @@ class HTTPServer:
             await asyncio.sleep(0)  # a flood of connections must not starve the answers
 
     def _shed(self, now: float) -> None:
-        """Close the client that has gone longest without progress."""
-        if self._clients:
-            victim = next(iter(self._clients.values()))
-            self._shed_one(victim, now, "too many client connections; closing the idlest")
+        """Close the client that has gone longest without progress.
+
+        When even that one moved within the last SHED_GRACE (a burst of new connections),
+        a client that has sent nothing yet goes first: a scraper mid-handshake or mid-answer
+        is worth more than a connection that may never speak.
+        """
+        if not self._clients:
+            return
+        victim = next(iter(self._clients.values()))
+        if now - victim.progress < SHED_GRACE:
+            victim = next((c for c in self._clients.values() if c.silent), victim)
+        self._shed_one(victim, now, "too many client connections; closing the idlest")
 
     def _shed_one(self, victim: _Client, now: float, why: str) -> None:
         self.errors.log(log, why, level=logging.WARNING,
@@ -400,6 +421,7 @@ class HTTPServer:
         deadline = loop.time() + self.limits.handshake_timeout
         async with asyncio.timeout_at(deadline):
             await _readable(sock)
+        self.touch(client)
         if len(self._handshaking) >= MAX_HANDSHAKES:
             oldest = next(iter(self._handshaking))
             self._shed_one(self._handshaking.pop(oldest), loop.time(),

@@ -19,6 +19,7 @@ import bcrypt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from exporter.config import parse_yaml
+from exporter.priority import Gate
 from exporter.server import Handler, Request, Response
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -169,13 +170,21 @@ def _decode(header: str | None) -> tuple[str, bytes] | None:
         return None
 
 
-def protect(handler: Handler, web: WebConfig) -> Handler:
-    """Wrap a handler with basic auth and the configured extra headers."""
+def protect(handler: Handler, web: WebConfig, gate: Gate | None = None) -> Handler:
+    """Wrap a handler with basic auth and the configured extra headers.
+
+    A request waiting for its bcrypt check steps aside from scrape priority (``gate``): a
+    flood of logins must not hold polls back.
+    """
     auth = BasicAuth(web.basic_auth_users) if web.basic_auth_users else None
     extra = list(web.http_server_config.headers.items())
+    aside = gate.aside if gate is not None else contextlib.nullcontext
 
     async def guarded(request: Request) -> Response:
-        allowed = True if auth is None else await auth.check(request.headers.get("authorization"))
+        allowed: bool | None = True
+        if auth is not None:
+            with aside():
+                allowed = await auth.check(request.headers.get("authorization"))
         if allowed is None:
             response = Response(503, b"Too many logins being checked; try again.\n",
                                 headers=[("Retry-After", "1")])

@@ -54,12 +54,24 @@ async def _with_server(gate: Gate, body: Callable[[int], Awaitable[None]]) -> No
         server.close()
 
 
+def _steady_reader(client: socket.socket, chunk: int, pause: float) -> int:
+    """Read the whole answer in ``chunk``-byte reads with ``pause`` between them."""
+    total = 0
+    while data := client.recv(chunk):
+        total += len(data)
+        time.sleep(pause)
+    client.close()
+    return total
+
+
 def test_background_turn_waits_for_the_answer_being_written() -> None:
-    """A turn taken while a large answer is being written starts once the client has it all."""
+    """A turn taken while a large answer is being written to a client that keeps reading
+    starts once the client has it all."""
     gate = Gate(patience=30)
 
     async def scenario(port: int) -> None:
-        client = _stalled_scrape(port)
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         await _until(lambda: gate.in_flight == 1)
         turn_done = asyncio.Event()
 
@@ -67,10 +79,12 @@ def test_background_turn_waits_for_the_answer_being_written() -> None:
             async with gate.turn():
                 turn_done.set()
 
+        reading = asyncio.create_task(asyncio.to_thread(_steady_reader, client, 1 << 16, 0.001))
         task = asyncio.create_task(background())
         await asyncio.sleep(0.3)
         assert not turn_done.is_set()
-        received = await asyncio.to_thread(_read_all, client)
+        assert not reading.done()
+        received = await reading
         await asyncio.wait_for(task, 5)
         assert received > len(BIG)
         assert gate.in_flight == 0
@@ -78,26 +92,43 @@ def test_background_turn_waits_for_the_answer_being_written() -> None:
     asyncio.run(_with_server(gate, scenario))
 
 
-def test_a_stalled_client_delays_background_work_only_by_patience() -> None:
-    """A client that never reads holds background work back for ``patience``, then no more."""
-    gate = Gate(patience=0.5)
+def test_a_stalled_client_gives_up_priority() -> None:
+    """A client that stops reading stops counting as in flight after SLOW_CLIENT, so
+    background work goes ahead at once rather than after the patience."""
+    gate = Gate(patience=30)
 
     async def scenario(port: int) -> None:
         client = _stalled_scrape(port)
         try:
             await _until(lambda: gate.in_flight == 1)
+            await _until(lambda: gate.in_flight == 0, timeout=3)
             started = time.monotonic()
             async with gate.turn():
-                waited = time.monotonic() - started
-            assert 0.2 < waited < 3.0
-            started = time.monotonic()
-            async with gate.turn():  # the server has been busy past patience: no wait now
                 assert time.monotonic() - started < 0.2
-            assert gate.in_flight == 1
+            received = await asyncio.to_thread(_read_all, client)
+            assert received > len(BIG)  # reading again, the client gets its answer whole
         finally:
             client.close()
 
     asyncio.run(_with_server(gate, scenario))
+
+
+def test_busy_server_delays_background_work_only_by_patience() -> None:
+    """Requests in flight back to back hold background work for ``patience``, then no more."""
+    gate = Gate(patience=0.5)
+
+    async def scenario() -> None:
+        with gate.serving():
+            started = time.monotonic()
+            async with gate.turn():
+                waited = time.monotonic() - started
+            assert 0.4 < waited < 3.0
+            started = time.monotonic()
+            async with gate.turn():  # busy past patience: no wait now
+                assert time.monotonic() - started < 0.2
+            assert gate.in_flight == 1
+
+    asyncio.run(scenario())
 
 
 def test_poll_is_recorded_only_after_the_request_in_flight() -> None:
