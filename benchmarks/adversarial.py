@@ -295,12 +295,17 @@ def rows(outcomes: list[Outcome]) -> list[Row]:
     out = []
     for o in outcomes:
         growth = o.peak_rss - o.idle_rss
-        ratio = o.p99 / o.idle_median if o.idle_median else float("inf")
-        limit = 2.0 if o.name.startswith("wrong-password") else 3.0
+        # The flood's target is item 5's: a cached scraper slowed by at most 2x (its median);
+        # the other attacks' is a p99 within 3x of the idle median.
+        flood = o.name.startswith("wrong-password")
+        during = median(o.during) if flood and o.during else o.p99
+        what = "median" if flood else "p99"
+        ratio = during / o.idle_median if o.idle_median else float("inf")
+        limit = 2.0 if flood else 3.0
         out += [
             Row(f"{o.name}: peak RSS over idle", f"+{mib(growth)}", mib(o.idle_rss), "",
                 f"<= +{mib(o.rss_limit)}", growth <= o.rss_limit),
-            Row(f"{o.name}: scraper p99 over idle median", ms(o.p99), ms(o.idle_median),
+            Row(f"{o.name}: scraper {what} over idle median", ms(during), ms(o.idle_median),
                 times(ratio), f"<= {limit:g}x", ratio <= limit and o.failed_scrapes == 0),
             Row(f"{o.name}: every poll on time", "yes" if o.polls_ok else "no", "", "",
                 "yes", o.polls_ok),
@@ -339,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(summary(table))
     notes = [f"- {o.name}: {o.note}" for o in outcomes if o.note]
+    notes += [f"- {o.name}: {len(o.during)} scrapes; median {ms(median(o.during))}, p99 "
+              f"{ms(o.p99)}, worst {ms(max(o.during))}" for o in outcomes if o.during]
     notes += [f"- {o.name}: {o.failed_scrapes} failed scrapes, e.g. {o.errors[0]}"
               for o in outcomes if o.errors]
     for line in notes:

@@ -55,10 +55,11 @@ _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, zero seconds: close() sends a 
 class Limits:
     """What one client may cost; the defaults suit Prometheus on a hostile network."""
 
-    read_timeout: float = 10.0  # for a request's head and body, from its first byte
+    # From accept to the first request's first byte (TLS handshake included), and for each
+    # request's head and body from its first byte.
+    read_timeout: float = 10.0
     idle_timeout: float = 120.0  # between requests on a kept-alive connection
     write_timeout: float = 30.0  # an answer that makes no progress this long is abandoned
-    handshake_timeout: float = 10.0  # from accept to a finished TLS handshake
     max_connections: int = 512
     max_head_bytes: int = 16 * 1024
     max_body_bytes: int = 4 * 1024
@@ -162,12 +163,13 @@ def _to_request(event: h11.Request) -> Request:
 class _Client:
     """One open client connection, as the accept loop sees it."""
 
-    __slots__ = ("progress", "silent", "sock", "task", "transport")
+    __slots__ = ("handshaking", "progress", "silent", "sock", "task", "transport")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.progress = now  # when it last sent us bytes or took some of an answer
         self.silent = True  # it has sent nothing yet
+        self.handshaking = False  # asyncio's TLS transport owns the socket, not yet given us
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
 
@@ -303,7 +305,8 @@ async def _readable(sock: socket.socket) -> None:
     try:
         await ready
     finally:
-        loop.remove_reader(sock.fileno())
+        if sock.fileno() != -1:  # a shed client's socket is closed (and unregistered) already
+            loop.remove_reader(sock.fileno())
 
 
 class HTTPServer:
@@ -375,8 +378,12 @@ class HTTPServer:
         self._clients.pop(id(victim), None)
         if victim.transport is not None:
             victim.transport.abort()
-        else:
-            victim.sock.close()  # its task may not have started, and then never will
+        elif not victim.handshaking and victim.sock.fileno() != -1:
+            # Its task may not have started, and then never will, so close the socket here,
+            # unregistered first: a closed descriptor left in the selector would make its
+            # number, reused by the next client, fail to register.
+            asyncio.get_running_loop().remove_reader(victim.sock.fileno())
+            victim.sock.close()
         if victim.task is not None:
             victim.task.cancel()
 
@@ -386,12 +393,18 @@ class HTTPServer:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            # Nothing but the socket until the client speaks: a silent connection costs no
+            # transport, buffers or TLS state, and goes after read_timeout.
+            deadline = loop.time() + self.limits.read_timeout
+            async with asyncio.timeout_at(deadline):
+                await _readable(sock)
+            self.touch(client)
             reader = asyncio.StreamReader(limit=READ_CHUNK)
             protocol = asyncio.StreamReaderProtocol(reader)
             if self.ssl_context is None:
                 transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
             else:
-                transport = await self._handshake(sock, client, protocol)
+                transport = await self._handshake(sock, client, protocol, deadline)
             client.transport = transport
             transport.set_write_buffer_limits(high=WRITE_BUFFER)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
@@ -414,24 +427,23 @@ class HTTPServer:
                 transport.close()
 
     async def _handshake(self, sock: socket.socket, client: _Client,
-                         protocol: asyncio.StreamReaderProtocol) -> asyncio.Transport:
-        """TLS, started only once the client speaks; past MAX_HANDSHAKES the one that has
-        taken longest is shed, so stalled handshakes cannot keep a real client waiting."""
+                         protocol: asyncio.StreamReaderProtocol,
+                         deadline: float) -> asyncio.Transport:
+        """TLS, to be done by ``deadline``; past MAX_HANDSHAKES the one that has taken
+        longest is shed, so stalled handshakes cannot keep a real client waiting."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.handshake_timeout
-        async with asyncio.timeout_at(deadline):
-            await _readable(sock)
-        self.touch(client)
         if len(self._handshaking) >= MAX_HANDSHAKES:
             oldest = next(iter(self._handshaking))
             self._shed_one(self._handshaking.pop(oldest), loop.time(),
                            "too many TLS handshakes in progress; closing the oldest")
         self._handshaking[id(client)] = client
+        client.handshaking = True  # shedding it now is cancelling it: asyncio closes the socket
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: protocol, sock, ssl=self.ssl_context,
                 ssl_handshake_timeout=max(0.1, deadline - loop.time()))
         finally:
+            client.handshaking = False
             self._handshaking.pop(id(client), None)
         return transport
 
