@@ -7,9 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from exporter import __version__
+from exporter.exchange import Request, Response
 from exporter.render import negotiate
-from exporter.server import Request, Response
-from exporter.snapshot import Store
+from exporter.store import Store
 
 # Paths the exporter serves itself; the telemetry path may not take one of them.
 RESERVED_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload")

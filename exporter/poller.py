@@ -9,7 +9,7 @@ import time
 
 from exporter.client import Answer, ApiClient, PollFailure
 from exporter.priority import Gate
-from exporter.snapshot import Store
+from exporter.store import Store
 from exporter.tokens import TokenError, TokenSource
 
 log = logging.getLogger(__name__)

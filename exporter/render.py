@@ -111,6 +111,11 @@ class Format:
         return cached[1]
 
 
+def utf8(text: str) -> bytes:
+    """UTF-8 bytes; a lone surrogate (JSON allows ``"\\ud800"``) becomes ``?``."""
+    return text.encode("utf-8", "replace")
+
+
 PROCESS_METRICS_TTL = 0.25  # seconds; far below any scrape interval
 _PROCESS_CACHE: dict[bool, tuple[float, bytes]] = {}
 

@@ -16,13 +16,14 @@ from typing import Any
 from exporter import memory, preflight
 from exporter.client import ApiClient, tls_verification
 from exporter.config import Config, ConfigError, parse_config
+from exporter.exchange import Handler, Limits
 from exporter.http import ExporterApp
 from exporter.logs import Throttle
 from exporter.poller import Poller
 from exporter.priority import Gate
-from exporter.server import Handler, HTTPServer, Limits, parse_listen_address, serve
+from exporter.server import HTTPServer, parse_listen_address, serve
 from exporter.sharding import owned
-from exporter.snapshot import Store
+from exporter.store import Store
 from exporter.tokens import TokenError, TokenSource
 from exporter.webconfig import WebConfig, protect
 

@@ -27,8 +27,9 @@ import yaml
 
 from exporter import logs
 from exporter.config import parse_duration
+from exporter.exchange import Limits, Request, Response
 from exporter.models import INSTANCE_SIZES, parse_pause_schedule
-from exporter.server import Limits, Request, Response, parse_listen_address, serve
+from exporter.server import parse_listen_address, serve
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import bcrypt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from exporter.config import parse_yaml
+from exporter.exchange import Handler, Request, Response
 from exporter.priority import Gate
-from exporter.server import Handler, Request, Response
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}

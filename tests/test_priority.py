@@ -8,11 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 from exporter.client import ApiClient
+from exporter.exchange import Request, Response
 from exporter.poller import Poller
 from exporter.priority import Gate
-from exporter.server import Request, Response, serve
+from exporter.server import serve
 from exporter.simulator import Fleet, SimulatorApp
-from exporter.snapshot import Store
+from exporter.store import Store
 from exporter.tokens import TOKEN_ENV, TokenSource
 
 BIG = b"x" * (48 * 1024 * 1024)  # more than the transport and both sockets' buffers hold

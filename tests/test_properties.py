@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from exporter.config import ConfigError, parse_config
 from exporter.models import Database, parse_connection
 from exporter.render import negotiate
-from exporter.snapshot import Store
+from exporter.store import Store
 from tests.conftest import parse_exposition
 
 CONNECTION_ID = "2489e9ad-2ee2-8e00-8ec9-32d5f69181c0"

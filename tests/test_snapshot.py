@@ -14,12 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import deflate, snapshot
+from exporter import assembly, deflate
+from exporter import store as store_module
+from exporter.layout import EVERY_POLL, FIRST_DATABASE_FAMILY, STABLE_FAMILIES
 from exporter.metrics import DATABASE_METRICS, EXPORTER_METRICS, IDENTITY_LABELS, DatabaseView
 from exporter.models import parse_connection
 from exporter.priority import Gate
 from exporter.render import label_block, negotiate, sample_lines
-from exporter.snapshot import EVERY_POLL, FIRST_DATABASE_FAMILY, STABLE_FAMILIES, Store
+from exporter.store import Store
 from tests.conftest import parse_exposition
 
 IDS = [str(uuid.UUID(int=n + 1)) for n in range(5)]
@@ -64,21 +66,22 @@ def _reference(store: Store, fmt: Any) -> bytes:
                        for s in EXPORTER_METRICS)
     rows = {}
     for state in store.states.values():
+        rendered = store.rendered[state.id]
         databases = [b""] * len(DATABASE_METRICS)
-        if state.serving_databases:
+        if rendered.serving_databases:
             assert state.data is not None
             databases = ["".join(sample_lines(spec, label_block(
                 IDENTITY_LABELS["database"], (state.id, db.id, db.name)), DatabaseView(
                 db, state.status_since[db.id][1], 0)) for db in state.data.databases).encode()
                 for spec in DATABASE_METRICS]
-        rows[state.id] = (*state.stable[:FIRST_DATABASE_FAMILY], *databases)
+        rows[state.id] = (*rendered.stable[:FIRST_DATABASE_FAMILY], *databases)
     out = [exporter.encode()]
     for family, spec in enumerate(STABLE_FAMILIES):
         out.append(fmt.header(spec).encode())
         out.extend(row[family] for row in rows.values())
     for family, spec in enumerate(EVERY_POLL):
         out.append(fmt.header(spec).encode())
-        out.extend(state.every_poll_chunks[family] for state in store.states.values())
+        out.extend(r.every_poll_chunks[family] for r in store.rendered.values())
     return b"".join(out)
 
 
@@ -136,7 +139,7 @@ def test_pause_window_moves_on_an_unchanged_answer(monkeypatch: Any) -> None:
                                                                 "resumeAt": f"{hour + 4:02d}:00",
                                                                 "days": []}}]})
     store = Store(IDS[:1], stale_after=300)
-    monkeypatch.setattr(snapshot.time, "time", lambda: inside)
+    monkeypatch.setattr(store_module.time, "time", lambda: inside)
     store.success(IDS[0], answer, 0.01)
 
     def window() -> float | None:
@@ -145,7 +148,7 @@ def test_pause_window_moves_on_an_unchanged_answer(monkeypatch: Any) -> None:
                             database_id=str(uuid.UUID(int=5)), database_name="d")
 
     assert window() == 1
-    monkeypatch.setattr(snapshot.time, "time", lambda: outside)
+    monkeypatch.setattr(store_module.time, "time", lambda: outside)
     store.unchanged(IDS[0], 0.01)
     assert window() == 0
 
@@ -167,7 +170,7 @@ FIELD_CHANGES = {
 
 def test_field_changes_cover_every_record_field() -> None:
     """The table below names every field of the API's database record that the models read."""
-    assert len(FIELD_CHANGES) == len(snapshot._RECORD_FIELDS)
+    assert len(FIELD_CHANGES) == len(store_module._RECORD_FIELDS)
 
 
 @pytest.mark.parametrize("field", sorted(FIELD_CHANGES))
@@ -227,7 +230,7 @@ def test_failed_background_assembly_hands_over_to_scrapes(monkeypatch: Any,
     store = Store(IDS[:1], stale_after=300)
     fmt = negotiate(None)
     before = store.section(fmt)
-    real, calls = snapshot._assemble, []
+    real, calls = assembly.assemble, []
 
     def failing_once(plan: Any) -> Any:
         calls.append(plan)
@@ -235,7 +238,7 @@ def test_failed_background_assembly_hands_over_to_scrapes(monkeypatch: Any,
             raise RuntimeError("a bug")
         return real(plan)
 
-    monkeypatch.setattr(snapshot, "_assemble", failing_once)
+    monkeypatch.setattr(assembly, "assemble", failing_once)
 
     async def scenario() -> None:
         task = asyncio.create_task(store.assemble_in_background(0.01, Gate()))
