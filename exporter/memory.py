@@ -1,9 +1,11 @@
-"""Keep glibc's heap small: one arena, and freed pages handed back (elsewhere a no-op)."""
+"""Keep the heap small and its upkeep short: one glibc arena, freed pages handed back, and
+the cyclic collector kept to recent objects."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 from typing import Any
 
 M_ARENA_MAX = -8  # from glibc's malloc.h
@@ -45,3 +47,16 @@ def trim() -> None:
     """
     if _GLIBC is not None:
         _GLIBC.malloc_trim(0)
+
+
+def settle() -> None:
+    """Collect cycles among the objects made since the last call, then freeze the survivors.
+
+    A full collection walks every tracked object: at 10,000 databases that took 41-165 ms
+    (measured with gc.callbacks), a stall of every scrape that lands in it. Frozen objects
+    are left out of later collections, and are still freed by reference counting; collecting
+    first means no cycle that is already garbage gets frozen. So each collection walks only
+    what the last interval made.
+    """
+    gc.collect()
+    gc.freeze()

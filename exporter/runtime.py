@@ -234,9 +234,12 @@ class Runtime:
         return 0
 
     async def _trim_memory(self) -> None:
-        """Every TRIM_INTERVAL, hand heap pages freed by re-rendering back to the system."""
+        """Every TRIM_INTERVAL, settle the collector and hand heap pages freed by
+        re-rendering back to the system."""
         while True:
             await asyncio.sleep(TRIM_INTERVAL)
+            async with self._gate.turn():  # not in the middle of a scrape
+                memory.settle()
             memory.trim()
 
     async def close(self) -> None:
