@@ -236,11 +236,13 @@ class Runtime:
     async def _trim_memory(self) -> None:
         """Every TRIM_INTERVAL, settle the collector and hand heap pages freed by
         re-rendering back to the system."""
+        while not self.store.ready:  # the first, full collection before anyone scrapes much
+            await asyncio.sleep(0.5)
         while True:
-            await asyncio.sleep(TRIM_INTERVAL)
             async with self._gate.turn():  # not in the middle of a scrape
                 memory.settle()
             memory.trim()
+            await asyncio.sleep(TRIM_INTERVAL)
 
     async def close(self) -> None:
         """Stop listening, cancel in-flight polls, close connections."""
