@@ -15,6 +15,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -80,7 +81,9 @@ class Settings:
     connections: int = 500
     databases: int = 20
     poll_interval: float = 10.0
-    duration: float = 20.0
+    # Long enough for a p99 of ~600 scrapes (not just the worst few) and for every timeout
+    # to fire while the attack is held.
+    duration: float = 60.0
     scrape_every: float = 0.1  # about 150 scrapes an attack, so p99 is not just the worst
     stalled_bodies: int = 500
     stalled_readers: int = 100
@@ -222,34 +225,53 @@ class Run:
 
 
 @contextlib.contextmanager
-def _stalled_bodies(port: int, count: int) -> Iterator[object]:
-    half = count // 2
-    with attacks.opened([attacks.stalled_body(port, 1_000_000, 999_999) for _ in range(half)]
-                        + [attacks.stalled_body(port, 4000, 3999) for _ in range(count - half)]
-                        ) as held:
-        yield held
+def _held(open_one: Callable[[int], socket.socket], count: int) -> Iterator[object]:
+    """Keep ``count`` attacking connections open for the whole attack: every second, each
+    one the exporter has dropped (a timeout, shedding) is opened again, as an attacker would."""
+    sockets = [open_one(i) for i in range(count)]
+    stop = threading.Event()
+
+    def top_up() -> None:
+        while not stop.wait(1.0):
+            for i, sock in enumerate(sockets):
+                if stop.is_set():
+                    return
+                with contextlib.suppress(OSError):
+                    if attacks.dropped_by_server(sock):
+                        sock.close()
+                        sockets[i] = open_one(i)
+
+    keeper = threading.Thread(target=top_up, daemon=True)
+    keeper.start()
+    try:
+        yield sockets
+    finally:
+        stop.set()
+        keeper.join()
+        attacks.close_all(sockets)
 
 
-@contextlib.contextmanager
-def _stalled_readers(port: int, count: int) -> Iterator[object]:
-    with attacks.opened([attacks.stalled_reader(port, gzip=i % 2 == 1)
-                         for i in range(count)]) as held:
-        yield held
+def _stalled_bodies(port: int, count: int) -> contextlib.AbstractContextManager[object]:
+    def open_one(i: int) -> socket.socket:
+        if i % 2:
+            return attacks.stalled_body(port, 4000, 3999)
+        # Refused at its head with 413; sending the whole 1 MB would only load this machine.
+        return attacks.stalled_body(port, 1_000_000, 60_000)
+    return _held(open_one, count)
 
 
-@contextlib.contextmanager
-def _idle(port: int, count: int) -> Iterator[object]:
-    with attacks.opened([attacks.connect(port) for _ in range(count)]) as held:
-        yield held
+def _stalled_readers(port: int, count: int) -> contextlib.AbstractContextManager[object]:
+    return _held(lambda i: attacks.stalled_reader(port, gzip=i % 2 == 1), count)
 
 
-@contextlib.contextmanager
-def _handshakes(port: int, count: int) -> Iterator[object]:
+def _idle(port: int, count: int) -> contextlib.AbstractContextManager[object]:
+    return _held(lambda _: attacks.connect(port), count)
+
+
+def _handshakes(port: int, count: int) -> contextlib.AbstractContextManager[object]:
     hello = attacks.client_hello()
-    held = [attacks.connect(port) if i % 2 else attacks.partial_handshake(port, hello)
-            for i in range(count)]
-    with attacks.opened(held):
-        yield held
+    return _held(lambda i: attacks.connect(port) if i % 2
+                 else attacks.partial_handshake(port, hello), count)
 
 
 @contextlib.contextmanager
