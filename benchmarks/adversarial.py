@@ -225,21 +225,25 @@ class Run:
 
 
 @contextlib.contextmanager
-def _held(open_one: Callable[[int], socket.socket], count: int) -> Iterator[object]:
-    """Keep ``count`` attacking connections open for the whole attack: every second, each
-    one the exporter has dropped (a timeout, shedding) is opened again, as an attacker would."""
+def _held(open_one: Callable[[int], socket.socket], count: int,
+          reopen: Callable[[int], bool] = lambda _: True) -> Iterator[object]:
+    """Keep ``count`` attacking connections open for the whole attack: every second, those
+    the exporter dropped (a timeout, shedding) and ``reopen`` names are opened again, a tenth
+    of ``count`` a second at most: a persistent attacker, not a connection flood."""
     sockets = [open_one(i) for i in range(count)]
     stop = threading.Event()
 
     def top_up() -> None:
         while not stop.wait(1.0):
+            budget = max(1, count // 10)
             for i, sock in enumerate(sockets):
-                if stop.is_set():
-                    return
+                if stop.is_set() or not budget:
+                    break
                 with contextlib.suppress(OSError):
-                    if attacks.dropped_by_server(sock):
+                    if reopen(i) and attacks.dropped_by_server(sock):
                         sock.close()
                         sockets[i] = open_one(i)
+                        budget -= 1
 
     keeper = threading.Thread(target=top_up, daemon=True)
     keeper.start()
@@ -254,10 +258,12 @@ def _held(open_one: Callable[[int], socket.socket], count: int) -> Iterator[obje
 def _stalled_bodies(port: int, count: int) -> contextlib.AbstractContextManager[object]:
     def open_one(i: int) -> socket.socket:
         if i % 2:
-            return attacks.stalled_body(port, 4000, 3999)
-        # Refused at its head with 413; sending the whole 1 MB would only load this machine.
+            return attacks.stalled_body(port, 4000, 3999)  # held until the read timeout
+        # Refused at its head with 413, so opened once: reopening what is refused at once
+        # would be a connection flood, not a stall. Sending the whole 1 MB would only load
+        # this machine.
         return attacks.stalled_body(port, 1_000_000, 60_000)
-    return _held(open_one, count)
+    return _held(open_one, count, reopen=lambda i: i % 2 == 1)
 
 
 def _stalled_readers(port: int, count: int) -> contextlib.AbstractContextManager[object]:

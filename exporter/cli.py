@@ -26,6 +26,12 @@ log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 10510
 DEFAULTS = Limits()
+TIMEOUT_FLAGS = {
+    "read_timeout": "time a client has to speak after connecting (its TLS handshake "
+                    "included), and then to send each whole request from its first byte",
+    "write_timeout": "an answer that makes no progress this long is abandoned",
+    "idle_timeout": "a kept-alive connection with no request this long is closed",
+}
 DEMO_POLL_INTERVAL = "2s"
 DEMO_TICK = 3.0
 
@@ -52,18 +58,11 @@ def _parser() -> argparse.ArgumentParser:
                         default=DEFAULTS.max_connections,
                         help="client connections at most; at the cap the idlest one is "
                              f"closed (default {DEFAULTS.max_connections})")
-    parser.add_argument("--web.read-timeout", dest="read_timeout", type=parse_duration,
-                        default=DEFAULTS.read_timeout,
-                        help="time a client has to send a whole request, from its first byte "
-                             f"(default {DEFAULTS.read_timeout:g}s)")
-    parser.add_argument("--web.write-timeout", dest="write_timeout", type=parse_duration,
-                        default=DEFAULTS.write_timeout,
-                        help="an answer that makes no progress this long is abandoned "
-                             f"(default {DEFAULTS.write_timeout:g}s)")
-    parser.add_argument("--web.idle-timeout", dest="idle_timeout", type=parse_duration,
-                        default=DEFAULTS.idle_timeout,
-                        help="a kept-alive connection with no request this long is closed "
-                             f"(default {DEFAULTS.idle_timeout:g}s)")
+    for name, meaning in TIMEOUT_FLAGS.items():
+        default = getattr(DEFAULTS, name)
+        parser.add_argument(f"--web.{name.replace('_timeout', '')}-timeout", dest=name,
+                            type=parse_duration, default=default,
+                            help=f"{meaning} (default {default:g}s)")
     parser.add_argument("--shard", type=int, default=0,
                         help="which share of the connections this replica polls (0-based)")
     parser.add_argument("--total-shards", dest="total_shards", type=int, default=1,
