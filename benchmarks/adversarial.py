@@ -46,6 +46,7 @@ from benchmarks.report import text_table as as_text
 TOKEN = "adversarial-token"  # noqa: S105 - the simulator's throwaway token
 PASSWORD = "scraper-password"  # noqa: S105 - the benchmark's own basic-auth user
 MIB = 1024 * 1024
+NO_ATTACK = "no attack (the same window, idle)"
 _LAST_SUCCESS = re.compile(
     rb'^reflexdb_connection_last_success_timestamp_seconds\{connection_id="[^"]+"\} (\S+)$',
     re.MULTILINE)
@@ -179,7 +180,8 @@ class Run:
         outcome.idle_rss = target.proc.memory()["VmRSS"]
         started = time.time()
         _, failures_before = target.polls()
-        with RssSampler(target.proc, every=0.05) as rss, mount():
+        rss = RssSampler(target.proc, every=0.05)
+        with rss, mount():
             deadline = time.monotonic() + self.s.duration
             while time.monotonic() < deadline:
                 began = time.monotonic()
@@ -204,6 +206,8 @@ class Run:
     def run(self) -> list[Outcome]:
         config = self.start_simulator()
         plain = self.start_exporter("exporter", config, nofile=1024)
+        # The same window with no attack: how long this machine's tail is anyway.
+        self.measure(plain, Outcome(NO_ATTACK, 64 * MIB), contextlib.nullcontext)
         self.measure(plain, Outcome(f"{self.s.stalled_bodies} stalled request bodies", 64 * MIB),
                      lambda: _stalled_bodies(plain.port, self.s.stalled_bodies))
         self.measure(plain, Outcome(f"{self.s.stalled_readers} stalled readers (half gzip)",
@@ -319,9 +323,15 @@ def _web_config(workdir: Path) -> Path:
 
 
 def rows(outcomes: list[Outcome]) -> list[Row]:
-    """Three target rows per attack: memory, the normal scraper's p99, polls."""
+    """Three target rows per attack: memory, the normal scraper's p99, polls; and the same
+    scraper's p99 with no attack, for information."""
     out = []
     for o in outcomes:
+        if o.name == NO_ATTACK:
+            ratio = o.p99 / o.idle_median if o.idle_median else float("inf")
+            out.append(Row(f"{o.name}: scraper p99 over idle median", ms(o.p99),
+                           ms(o.idle_median), times(ratio), "(information)", None))
+            continue
         growth = o.peak_rss - o.idle_rss
         # The flood's target is item 5's: a cached scraper slowed by at most 2x (its median);
         # the other attacks' is a p99 within 3x of the idle median.
