@@ -45,8 +45,11 @@ test: $(VENV)/.installed-test system-deps lint
 docs: $(VENV)/.installed-run
 	$(BIN)/python -m exporter.docs > docs/metrics.md
 
-bench: $(VENV)/.installed-test
+# Both benchmarks at 10,000 databases: speed and memory side by side with the references,
+# then the adversarial run (curl, openssl and util-linux's prlimit).
+bench: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.adversarial
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
