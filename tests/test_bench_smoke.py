@@ -43,3 +43,23 @@ def test_quick_benchmark_prints_every_target_row(tmp_path: Path) -> None:
     for row in TARGET_ROWS:
         assert f"| {row}" in markdown
     assert "## Details" in markdown
+
+
+ADVERSARIAL_ATTACKS = ("stalled request bodies", "stalled readers", "idle connections",
+                       "idle TLS handshakes", "wrong-password flood")
+
+
+def test_quick_adversarial_run_reports_every_attack(tmp_path: Path) -> None:
+    """``python -m benchmarks.adversarial --quick`` exits 0 and gives each attack its three
+    rows (memory, scraper latency, polls) with a verdict, beside the no-attack window."""
+    output = tmp_path / "adversarial.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.adversarial", "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=400, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for attack in ADVERSARIAL_ATTACKS:
+        rows = [line for line in lines if attack in line and line.endswith((" yes", " NO"))]
+        assert len(rows) == 3, f"{attack!r}:\n{result.stdout}"
+    assert any(line.startswith("no attack") for line in lines)
+    assert "| no attack" in output.read_text(encoding="utf-8")
