@@ -107,11 +107,6 @@ class HTTPServer:
         if id(client) in self._clients:
             self._clients.move_to_end(id(client))
 
-    @property
-    def connections(self) -> int:
-        """Client connections open now."""
-        return len(self._clients)
-
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
