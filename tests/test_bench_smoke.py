@@ -26,19 +26,25 @@ TARGET_ROWS = (
 )
 
 
+def _quick(module: str, output: Path) -> str:
+    """Run a benchmark module's --quick smoke version; its printed table, once it exited 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=400, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def test_quick_benchmark_prints_every_target_row(tmp_path: Path) -> None:
     """``python -m benchmarks --quick`` exits 0 and prints a verdict for every target row."""
     output = tmp_path / "latest.md"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    stdout = _quick("benchmarks", output)
+    lines = stdout.splitlines()
     for row in TARGET_ROWS:
         found = [line for line in lines if line.startswith(row)]
-        assert len(found) == 1, f"{row!r} not once in:\n{result.stdout}"
+        assert len(found) == 1, f"{row!r} not once in:\n{stdout}"
         assert found[0].endswith((" yes", " NO")), found[0]
-    assert "targets met" in result.stdout
+    assert "targets met" in stdout
     markdown = output.read_text(encoding="utf-8")
     for row in TARGET_ROWS:
         assert f"| {row}" in markdown
@@ -53,13 +59,10 @@ def test_quick_adversarial_run_reports_every_attack(tmp_path: Path) -> None:
     """``python -m benchmarks.adversarial --quick`` exits 0 and gives each attack its three
     rows (memory, scraper latency, polls) with a verdict, beside the no-attack window."""
     output = tmp_path / "adversarial.md"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.adversarial", "--quick", "--output", str(output)],
-        capture_output=True, text=True, timeout=400, cwd=ROOT, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    stdout = _quick("benchmarks.adversarial", output)
+    lines = stdout.splitlines()
     for attack in ADVERSARIAL_ATTACKS:
         rows = [line for line in lines if attack in line and line.endswith((" yes", " NO"))]
-        assert len(rows) == 3, f"{attack!r}:\n{result.stdout}"
+        assert len(rows) == 3, f"{attack!r}:\n{stdout}"
     assert any(line.startswith("no attack") for line in lines)
     assert "| no attack" in output.read_text(encoding="utf-8")
