@@ -6,6 +6,8 @@ prometheus_client exporter (benchmarks/naive.py) and a static server (benchmarks
 holding a copy of our body. Scrapes are made one at a time by curl (or httpx without curl) on
 a fresh connection each; see ``harness.Client``. The phases:
 
+0. Parse cost. ``benchmarks.parse_cost``, run on the measured code: reading 20-database
+   answers from their bytes, per database, beside ``json.loads`` alone on the same bytes.
 1. Idle scrapes. Ours and the naive exporter poll a static simulator once (poll_interval 1h,
    so no poll runs while we measure); once every database has landed in both, one body of ours
    is saved with a gzip -9 copy for the static server. Then rounds of scrapes, plain and with
@@ -46,12 +48,14 @@ import argparse
 import contextlib
 import gzip
 import itertools
+import json
 import math
 import os
 import platform
 import random
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -176,6 +180,7 @@ class Results:
     worst_wall: float = 0.0
     worst_polls: float = 0.0
     visibility: list[float] = field(default_factory=list)
+    parse: dict[str, float] = field(default_factory=dict)
     load: list[tuple[float, float, float]] = field(default_factory=list)
 
 
@@ -433,14 +438,26 @@ class Bench:
                 return time.monotonic() - changed
         raise BenchError(f"the patched status of database {record['id']} never showed")
 
+    def parse_cost(self) -> None:
+        """Ours and json.loads on the same answers, in a process of the measured code."""
+        runs = "20" if self.s.connections < 100 else "200"
+        done = subprocess.run(python_module("benchmarks.parse_cost", "--runs", runs),
+                              cwd=self.code, env=self.env, capture_output=True, text=True,
+                              timeout=600, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"parse cost: {done.stderr.strip()[-300:]}")
+        self.results.parse = json.loads(done.stdout)
+
     def run(self) -> Results:
-        """All three phases."""
+        """All three phases, after the parse cost."""
         self.results.load.append(os.getloadavg())
         main_sim, main_url = self.start_simulator("simulator", touch_all=False)
         touch_sim, touch_url = self.start_simulator("simulator-touch-all", touch_all=True)
         print(f"fleet: {self.s.connections} connections x {self.s.databases} databases; "
               f"client: {self.client.kind}; exporter code {self.results.code}; "
               f"logs in {self.workdir}", flush=True)
+        print("phase 0/3: parse cost of one answer ...", flush=True)
+        self.parse_cost()
         print("phase 1/3: idle scrapes of static, ours and naive ...", flush=True)
         self.idle(main_url)
         print("phase 2/3: CPU per scrape, ours ...", flush=True)
@@ -478,7 +495,10 @@ def rows(r: Results) -> list[Row]:
     def idle(server: str, gzipped: bool) -> float:
         return median([x.seconds for x in r.idle[server, gzipped]])
 
-    out = []
+    ours_parse, json_parse = r.parse["ours_us"], r.parse["json_loads_us"]
+    out = [Row(f"Parse cost per database, {r.parse['databases']:g}-database answer (median)",
+               f"{ours_parse:.2f} us", f"json.loads alone {json_parse:.2f} us",
+               times(ours_parse / json_parse), "<= 2x json.loads", ours_parse <= 2 * json_parse)]
     for gzipped, label, limit in ((False, "plain text", 2.0), (True, "gzip", 3.0)):
         ours, static = idle("ours", gzipped), idle("static", gzipped)
         honoured = all(x.encoding == "gzip" for x in r.idle["ours", True])

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from exporter import __version__
-from exporter.models import Connection, InvalidResponse, parse_connection
+from exporter.models import Connection, InvalidResponse, read_connection
 
 # A connection's answer is a few KiB per database; anything near this is not a real answer.
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -196,7 +196,7 @@ class ApiClient:
         if digest == previous:
             return Answer(None, digest)
         try:
-            return Answer(parse_connection(json.loads(body)), digest)
+            return Answer(read_connection(body), digest)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise PollFailure("invalid_response", "answer is not JSON") from None
         except InvalidResponse as exc:

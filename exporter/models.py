@@ -1,16 +1,34 @@
-"""Tolerant models of the GET /v1/connections/{id} answer: a bad field degrades alone."""
+"""The GET /v1/connections/{id} answer as pydantic models: one pass from the bytes, a bad
+field degrades alone."""
 
 from __future__ import annotations
 
+import json
 import math
-import re
-import sys
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass as std_dataclass
+from dataclasses import field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-# The values the API reference documents; anything else is exported as-is and logged once.
+from pydantic import (
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    PlainValidator,
+    Strict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.dataclasses import dataclass
+from pydantic_core import core_schema
+
+# The values the API reference documents. Fields stay plain strings, not Literals, because an
+# undocumented value must still be exported (and is logged once where it is rendered).
 STATUSES = ("registered", "building", "deploying", "running", "pausing", "paused", "resuming",
             "terminating", "terminated", "failed", "stopped")
 HEALTH_STATUSES = ("ok", "degraded", "unreachable", "cap_exceeded")
@@ -20,36 +38,52 @@ BACKENDS = ("mysql", "postgres", "mssql")
 LOG_LEVELS = ("info", "debug", "warn", "error")
 TAG_COLORS = ("gray", "red", "orange", "yellow", "green", "teal", "blue", "purple")
 
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Cap label values taken from free-form API fields so one bad answer cannot bloat the output.
 MAX_LABEL_LENGTH = 256
+_UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
 class InvalidResponse(Exception):
     """The answer as a whole is not a connection; the poll fails as ``invalid_response``."""
 
 
+@std_dataclass(frozen=True, slots=True)
+class Lenient:
+    """Validate strictly in pydantic-core; only a value that fails is repaired in Python.
+
+    A good answer never leaves Rust, so the fallback costs nothing until a field is bad.
+    """
+
+    repair: Callable[[Any], Any]
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        """A left-to-right union: the strict schema first, then the repair."""
+        return core_schema.union_schema(
+            [handler(source), core_schema.no_info_plain_validator_function(self.repair)],
+            mode="left_to_right")
+
+
 def canonical_id(value: object) -> str | None:
     """Lowercase canonical UUID text, or the trimmed lowercase text if it is no UUID."""
     if not isinstance(value, str) or not value.strip():
         return None
-    if _CANONICAL_UUID.fullmatch(value):
-        return value  # the common case, without building a UUID object
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError:
         return value.strip().lower()[:MAX_LABEL_LENGTH]
 
 
-def _str(value: object) -> str | None:
+def _record_id(value: object) -> str:
+    """A database's canonical ID; a record without one fails and is counted as invalid."""
+    database_id = canonical_id(value)
+    if database_id is None:
+        raise ValueError("record has no id")
+    return database_id
+
+
+def _text(value: object) -> str | None:
     return value[:MAX_LABEL_LENGTH] if isinstance(value, str) else None
-
-
-def _word(value: object) -> str | None:
-    """A short enum-like value, interned: 10,000 databases share one "running"."""
-    if isinstance(value, str) and len(value) <= 32:
-        return sys.intern(value)
-    return _str(value)
 
 
 def _number(value: object) -> float | None:
@@ -86,23 +120,92 @@ def _minutes(value: object) -> int | None:
     return int(hours) * 60 + int(minutes)
 
 
-@dataclass(frozen=True, slots=True)
+def _nothing(_: object) -> None:
+    return None
+
+
+def _label(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("tag without a text label")  # the tag is skipped
+    return value[:MAX_LABEL_LENGTH]
+
+
+def _schemas(value: object) -> int | None:
+    return len(value) if isinstance(value, list) else None
+
+
+def _modes(value: object) -> tuple[str, ...] | None:
+    if not isinstance(value, list):
+        return None
+    return tuple(dict.fromkeys(m[:MAX_LABEL_LENGTH] for m in value if isinstance(m, str)))
+
+
+ShortText = Annotated[str, Strict(), StringConstraints(max_length=MAX_LABEL_LENGTH)]
+# Free text, cut at MAX_LABEL_LENGTH; None when missing or not a string.
+Text = Annotated[ShortText | None, Lenient(_text)]
+Name = Annotated[ShortText, Lenient(lambda value: _text(value) or "")]
+# A finite number; a bool, a string, an overflow or a non-finite value reads as None.
+Number = Annotated[Annotated[float, Strict(), Field(allow_inf_nan=False)] | None,
+                   Lenient(_number)]
+Uuid = Annotated[Annotated[str, Strict(), StringConstraints(pattern=_UUID, to_lower=True)] | None,
+                 Lenient(canonical_id)]
+RecordId = Annotated[Annotated[str, Strict(), StringConstraints(pattern=_UUID, to_lower=True)],
+                     Lenient(_record_id)]
+# ISO 8601 as Python reads it; a naive time is UTC.
+Timestamp = Annotated[float | None, PlainValidator(_timestamp)]
+Raw = Annotated[Annotated[str, Strict()] | None, Lenient(_nothing)]  # uncut, read later
+Day = Annotated[int, Strict(), Field(ge=0, le=6)]
+
+
+# camelCase aliases as the API spells them; unknown fields ignored. The models are pydantic
+# dataclasses with slots: 10,000 BaseModel instances would hold about 30 MiB more, in their
+# __dict__ and fields-set.
+API = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=API)
 class Tag:
     """A tag on a database."""
 
-    label: str
-    color: str
+    label: Annotated[ShortText, Lenient(_label)]
+    color: Name = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True, config=API)
 class PauseSchedule:
-    """A recurring UTC pause window; ``None`` fields mean the API sent them malformed."""
+    """A recurring UTC pause window; ``None`` fields mean the API sent them malformed.
 
-    pause_at: str
-    resume_at: str
-    pause_minute: int | None
-    resume_minute: int | None
-    days: tuple[int, ...] | None
+    The text is kept as sent and read on use: only a schedule being rendered pays for it.
+    """
+
+    pause_text: Raw = Field(None, alias="pauseAt")
+    resume_text: Raw = Field(None, alias="resumeAt")
+    listed_days: Annotated[tuple[Day, ...] | None, Lenient(_nothing)] = Field(None, alias="days")
+
+    @property
+    def pause_at(self) -> str:
+        """pauseAt as a label value."""
+        return _text(self.pause_text) or ""
+
+    @property
+    def resume_at(self) -> str:
+        """resumeAt as a label value."""
+        return _text(self.resume_text) or ""
+
+    @property
+    def pause_minute(self) -> int | None:
+        """pauseAt in minutes after midnight."""
+        return _minutes(self.pause_text)
+
+    @property
+    def resume_minute(self) -> int | None:
+        """resumeAt in minutes after midnight."""
+        return _minutes(self.resume_text)
+
+    @property
+    def days(self) -> tuple[int, ...] | None:
+        """The listed weekdays (0=Sunday), sorted and distinct; None unless each is 0-6."""
+        return None if self.listed_days is None else tuple(sorted(set(self.listed_days)))
 
     def active(self, now: float) -> bool | None:
         """Whether ``now`` lies in a window, or None when the schedule cannot be read.
@@ -128,146 +231,166 @@ class PauseSchedule:
         return False
 
 
-def parse_pause_schedule(value: object) -> PauseSchedule | None:
-    """A pause schedule, or None when the field is null or not an object."""
-    if not isinstance(value, dict):
-        return None
-    raw_days = value.get("days")
-    days: tuple[int, ...] | None = None
-    if isinstance(raw_days, list) and all(
-        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 6 for d in raw_days
-    ):
-        days = tuple(sorted(set(raw_days)))
-    return PauseSchedule(
-        pause_at=_str(value.get("pauseAt")) or "",
-        resume_at=_str(value.get("resumeAt")) or "",
-        pause_minute=_minutes(value.get("pauseAt")),
-        resume_minute=_minutes(value.get("resumeAt")),
-        days=days,
-    )
-
-
-def _tags(value: object) -> tuple[Tag, ...]:
-    if not isinstance(value, list):
-        return ()
+def _distinct_tags(tags: tuple[Tag, ...]) -> tuple[Tag, ...]:
+    """Good tags once each: a repeated tag would render a duplicate series."""
     seen: dict[tuple[str, str], Tag] = {}
-    for item in value:
-        if isinstance(item, dict) and isinstance(item.get("label"), str):
-            tag = Tag(label=item["label"][:MAX_LABEL_LENGTH], color=_word(item.get("color")) or "")
-            # A repeated tag would render a duplicate series, which Prometheus rejects.
+    for tag in tags:
+        if isinstance(tag, Tag):
             seen.setdefault((tag.label, tag.color), tag)
     return tuple(seen.values())
 
 
-@dataclass(frozen=True, slots=True)
+# An unreadable tag or record validates as None; Connection drops it (and any repeat).
+Tags = Annotated[tuple[Annotated[Tag, Lenient(_nothing)], ...], Lenient(lambda _: ())]
+Schedule = Annotated[PauseSchedule | None, Lenient(_nothing)]
+
+
+def parse_pause_schedule(value: object) -> PauseSchedule | None:
+    """A pause schedule, or None when the field is null or not an object."""
+    return _SCHEDULE.validate_python(value) if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=API)
 class Database:
     """One database instance as the API describes it; None marks a missing or bad field."""
 
-    id: str
-    name: str
-    customer_id: str | None
-    mysql_db: str | None
-    sync_mode: str | None
-    sync_interval: float | None
-    task_cpu: float | None
-    task_memory_mb: float | None
-    log_level: str | None
-    status: str | None
-    last_error: str | None
-    endpoint_url: str | None
-    health_status: str | None
-    build_compute_override: str | None
-    instance_size: str | None
-    region: str | None
-    binlog_server_id: float | None
-    desired_state: str | None
-    custom_domain: str | None
-    pause_schedule: PauseSchedule | None
-    tags: tuple[Tag, ...]
-    created_at: float | None
-    updated_at: float | None
+    id: RecordId
+    name: Name = ""
+    customer_id: Uuid = None
+    mysql_db: Text = None
+    sync_mode: Text = None
+    sync_interval: Number = None
+    task_cpu: Number = None
+    task_memory_mb: Number = None
+    log_level: Text = None
+    status: Text = None
+    last_error: Annotated[Annotated[str, Strict()] | None, Lenient(_nothing)] = None  # uncut
+    endpoint_url: Text = None
+    health_status: Text = None
+    build_compute_override: Text = None
+    instance_size: Text = None
+    region: Text = None
+    binlog_server_id: Number = None
+    desired_state: Text = None
+    custom_domain: Text = Field(None, alias="reflexdbCustomDomain")
+    pause_schedule: Schedule = None
+    tags: Tags = ()
+    # Kept as the API's text and read when rendered: most polls re-render few records.
+    created_iso: Raw = Field(None, alias="createdAt")
+    updated_iso: Raw = Field(None, alias="updatedAt")
+
+    @property
+    def created_at(self) -> float | None:
+        """createdAt as seconds since the epoch."""
+        return _timestamp(self.created_iso)
+
+    @property
+    def updated_at(self) -> float | None:
+        """updatedAt as seconds since the epoch."""
+        return _timestamp(self.updated_iso)
 
 
-def parse_database(raw: dict[str, Any], database_id: str) -> Database:
-    """Build a Database from a record whose id is already known good."""
-    return Database(
-        id=database_id,
-        name=_str(raw.get("name")) or "",
-        customer_id=canonical_id(raw.get("customerId")),
-        mysql_db=_str(raw.get("mysqlDb")),
-        sync_mode=_word(raw.get("syncMode")),
-        sync_interval=_number(raw.get("syncInterval")),
-        task_cpu=_number(raw.get("taskCpu")),
-        task_memory_mb=_number(raw.get("taskMemoryMb")),
-        log_level=_word(raw.get("logLevel")),
-        status=_word(raw.get("status")),
-        last_error=raw.get("lastError") if isinstance(raw.get("lastError"), str) else None,
-        endpoint_url=_str(raw.get("endpointUrl")),
-        health_status=_word(raw.get("healthStatus")),
-        build_compute_override=_word(raw.get("buildComputeOverride")),
-        instance_size=_word(raw.get("instanceSize")),
-        region=_word(raw.get("region")),
-        binlog_server_id=_number(raw.get("binlogServerId")),
-        desired_state=_word(raw.get("desiredState")),
-        custom_domain=_str(raw.get("reflexdbCustomDomain")),
-        pause_schedule=parse_pause_schedule(raw.get("pauseSchedule")),
-        tags=_tags(raw.get("tags")),
-        created_at=_timestamp(raw.get("createdAt")),
-        updated_at=_timestamp(raw.get("updatedAt")),
-    )
+
+# A record's fields by the names its readers use (the timestamps through their properties).
+RECORD_FIELDS = tuple({"created_iso": "created_at", "updated_iso": "updated_at"}.get(name, name)
+                      for name in (f.name for f in fields(Database)) if name not in ("id", "name"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True, config=API)
 class Connection:
     """A connection and the databases of one good answer."""
 
-    name: str | None
-    customer_id: str | None
-    backend: str | None
-    host: str | None
-    port: float | None
-    available_schemas: int | None
-    allowed_sync_modes: tuple[str, ...] | None
-    min_sync_interval: float | None
-    created_at: float | None
-    updated_at: float | None
-    databases: tuple[Database, ...]
-    invalid_databases: int
+    name: Text = None
+    customer_id: Uuid = None
+    backend: Text = None
+    host: Text = Field(None, alias="mysqlHost")
+    port: Number = Field(None, alias="mysqlPort")
+    available_schemas: Annotated[int | None, PlainValidator(_schemas)] = None
+    allowed_sync_modes: Annotated[tuple[str, ...] | None, PlainValidator(_modes)] = None
+    min_sync_interval: Number = None
+    created_at: Timestamp = None
+    updated_at: Timestamp = None
+    databases: tuple[Annotated[Database, Lenient(_nothing)], ...]
+    invalid_databases: int = field(default=0, init=False)
+
+    @model_validator(mode="after")
+    def _databases_once(self) -> Connection:
+        """Skip unreadable and repeated records and tags, counting the records.
+
+        A repeat would render duplicate series. The tuples are replaced in place: nothing
+        else holds these models yet.
+        """
+        records: dict[str, Database] = {}
+        invalid = 0
+        for db in self.databases:
+            if not isinstance(db, Database) or db.id in records:
+                invalid += 1
+                continue
+            records[db.id] = db
+            if len(db.tags) > 1 or (db.tags and not isinstance(db.tags[0], Tag)):
+                object.__setattr__(db, "tags", _distinct_tags(db.tags))
+        if invalid:
+            object.__setattr__(self, "databases", tuple(records.values()))
+        object.__setattr__(self, "invalid_databases", invalid)
+        return self
+
+
+_CONNECTION = TypeAdapter(Connection)
+_SCHEDULE = TypeAdapter(PauseSchedule)
+
+
+def _invalid(error: ValidationError) -> InvalidResponse:
+    """Why an answer failed whole: only its shape can fail it, every field is lenient."""
+    locations = {e["loc"][:1] for e in error.errors()}
+    if () in locations:
+        return InvalidResponse("answer is not a JSON object")
+    return InvalidResponse("answer has no databases list")
+
+
+def _ascii_keys(value: object) -> object:
+    """A JSON object without its non-ASCII keys, which no model reads; anything else as is."""
+    if not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if not isinstance(k, str) or k.isascii()}
+
+
+def _readable(payload: dict[str, Any]) -> dict[str, Any]:
+    """The objects the models read, without non-ASCII keys: pydantic-core refuses a whole
+    object over a key with a lone surrogate (valid in Python's JSON), so such a key would
+    otherwise fail its record. Values are left alone, and nothing is walked deeper."""
+    top: dict[str, Any] = _ascii_keys(payload)  # type: ignore[assignment]  # a dict in, a dict out
+    if isinstance(top.get("databases"), list):
+        records = []
+        for raw in top["databases"]:
+            record = _ascii_keys(raw)
+            if isinstance(record, dict):
+                if isinstance(record.get("tags"), list):
+                    record["tags"] = [_ascii_keys(tag) for tag in record["tags"]]
+                record["pauseSchedule"] = _ascii_keys(record.get("pauseSchedule"))
+            records.append(record)
+        top["databases"] = records
+    return top
 
 
 def parse_connection(payload: object) -> Connection:
-    """Read an answer; only a non-object or a missing ``databases`` list fails it whole."""
+    """Read a decoded answer; only a non-object or a missing ``databases`` list fails it."""
     if not isinstance(payload, dict):
         raise InvalidResponse("answer is not a JSON object")
-    records = payload.get("databases")
-    if not isinstance(records, list):
-        raise InvalidResponse("answer has no databases list")
-    databases: list[Database] = []
-    seen: set[str] = set()
-    invalid = 0
-    for raw in records:
-        database_id = canonical_id(raw.get("id")) if isinstance(raw, dict) else None
-        if database_id is None or database_id in seen:
-            invalid += 1  # no id, or a repeat that would duplicate every series
-            continue
-        seen.add(database_id)
-        databases.append(parse_database(raw, database_id))
-    schemas = payload.get("availableSchemas")
-    modes = payload.get("allowedSyncModes")
-    return Connection(
-        name=_str(payload.get("name")),
-        customer_id=canonical_id(payload.get("customerId")),
-        backend=_word(payload.get("backend")),
-        host=_str(payload.get("mysqlHost")),
-        port=_number(payload.get("mysqlPort")),
-        available_schemas=len(schemas) if isinstance(schemas, list) else None,
-        allowed_sync_modes=(
-            tuple(dict.fromkeys(m[:MAX_LABEL_LENGTH] for m in modes if isinstance(m, str)))
-            if isinstance(modes, list) else None
-        ),
-        min_sync_interval=_number(payload.get("minSyncInterval")),
-        created_at=_timestamp(payload.get("createdAt")),
-        updated_at=_timestamp(payload.get("updatedAt")),
-        databases=tuple(databases),
-        invalid_databases=invalid,
-    )
+    try:
+        return _CONNECTION.validate_python(_readable(payload))
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def read_connection(body: bytes) -> Connection:
+    """Read an answer straight from its bytes; raises ValueError when it is not JSON.
+
+    JSON that pydantic's parser refuses is decoded by the standard library instead, so
+    every answer Python can read is read as before.
+    """
+    try:
+        return _CONNECTION.validate_json(body)
+    except ValidationError as exc:
+        if not any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise _invalid(exc) from None
+    return parse_connection(json.loads(body))

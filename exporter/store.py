@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from exporter import deflate
 from exporter.assembly import Output, Section
@@ -33,12 +33,11 @@ from exporter.metrics import (
     DatabaseView,
     ExporterView,
 )
+from exporter.models import RECORD_FIELDS as _RECORD_FIELDS
 from exporter.models import Connection, Database
 from exporter.priority import Gate
 from exporter.render import Format, label_block, sample_lines, utf8
 from exporter.state import ConnectionState
-
-_RECORD_FIELDS = tuple(f.name for f in fields(Database) if f.name not in ("id", "name"))
 
 
 def _changed_fields(previous: _Seen, db: Database, since: float) -> frozenset[str]:
