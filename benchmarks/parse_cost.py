@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from exporter import models
-from exporter.simulator import Fleet
+from exporter.fleet import Fleet
 
 
 def reader() -> Callable[[bytes], object]:

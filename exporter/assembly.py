@@ -27,9 +27,10 @@ from typing import Protocol
 
 from exporter import deflate
 from exporter.layout import EVERY_POLL, STABLE_FAMILIES
-from exporter.metrics import EXPORTER_METRICS, ExporterView
+from exporter.metrics import EXPORTER_METRICS
 from exporter.priority import Gate
 from exporter.render import Format, sample_lines, utf8
+from exporter.spec import ExporterView
 
 log = logging.getLogger(__name__)
 

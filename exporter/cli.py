@@ -14,11 +14,12 @@ from pathlib import Path
 from exporter import __version__, logs, memory
 from exporter.config import Config, ConfigError, parse_duration
 from exporter.exchange import Limits
+from exporter.fleet import Fleet
 from exporter.http import RESERVED_PATHS
 from exporter.preflight import preflight
 from exporter.runtime import Options, Runtime, load_config
 from exporter.server import parse_listen_address, serve
-from exporter.simulator import CONTROL_LIMITS, Fleet, SimulatorApp, exporter_config, run_fleet
+from exporter.simulator import CONTROL_LIMITS, SimulatorApp, exporter_config, run_fleet
 from exporter.tokens import TOKEN_ENV, TokenSource
 from exporter.webconfig import TLSServerConfig, WebConfig, parse_web_config, server_ssl_context
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from exporter.metrics import ALL_METRICS, IDENTITY_LABELS
+from exporter.metrics import ALL_METRICS
+from exporter.spec import IDENTITY_LABELS
 
 HEADER = """# Metrics
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.metrics import CONNECTION_METRICS, DATABASE_METRICS, MetricSpec
+from exporter.metrics import CONNECTION_METRICS, DATABASE_METRICS
+from exporter.spec import MetricSpec
 
 STABLE_CONNECTION = tuple(s for s in CONNECTION_METRICS if not s.every_poll)
 EVERY_POLL = tuple(s for s in CONNECTION_METRICS if s.every_poll)

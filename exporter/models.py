@@ -4,10 +4,6 @@ field degrades alone."""
 from __future__ import annotations
 
 import json
-import math
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass as std_dataclass
 from dataclasses import field, fields
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -15,17 +11,33 @@ from typing import Annotated, Any
 from pydantic import (
     ConfigDict,
     Field,
-    GetCoreSchemaHandler,
     PlainValidator,
-    Strict,
-    StringConstraints,
     TypeAdapter,
     ValidationError,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.dataclasses import dataclass
-from pydantic_core import core_schema
+
+from exporter.fields import (
+    Day,
+    Lenient,
+    Name,
+    Number,
+    Raw,
+    RecordId,
+    ShortText,
+    Text,
+    Timestamp,
+    Uuid,
+    count,
+    cut,
+    distinct_texts,
+    minutes,
+    nothing,
+    tag_label,
+    timestamp,
+)
 
 # The values the API reference documents. Fields stay plain strings, not Literals, because an
 # undocumented value must still be exported (and is logged once where it is rendered).
@@ -38,123 +50,9 @@ BACKENDS = ("mysql", "postgres", "mssql")
 LOG_LEVELS = ("info", "debug", "warn", "error")
 TAG_COLORS = ("gray", "red", "orange", "yellow", "green", "teal", "blue", "purple")
 
-# Cap label values taken from free-form API fields so one bad answer cannot bloat the output.
-MAX_LABEL_LENGTH = 256
-_UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-
 
 class InvalidResponse(Exception):
     """The answer as a whole is not a connection; the poll fails as ``invalid_response``."""
-
-
-@std_dataclass(frozen=True, slots=True)
-class Lenient:
-    """Validate strictly in pydantic-core; only a value that fails is repaired in Python.
-
-    A good answer never leaves Rust, so the fallback costs nothing until a field is bad.
-    """
-
-    repair: Callable[[Any], Any]
-
-    def __get_pydantic_core_schema__(self, source: Any,
-                                     handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        """A left-to-right union: the strict schema first, then the repair."""
-        return core_schema.union_schema(
-            [handler(source), core_schema.no_info_plain_validator_function(self.repair)],
-            mode="left_to_right")
-
-
-def canonical_id(value: object) -> str | None:
-    """Lowercase canonical UUID text, or the trimmed lowercase text if it is no UUID."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        return str(uuid.UUID(value.strip()))
-    except ValueError:
-        return value.strip().lower()[:MAX_LABEL_LENGTH]
-
-
-def _record_id(value: object) -> str:
-    """A database's canonical ID; a record without one fails and is counted as invalid."""
-    database_id = canonical_id(value)
-    if database_id is None:
-        raise ValueError("record has no id")
-    return database_id
-
-
-def _text(value: object) -> str | None:
-    return value[:MAX_LABEL_LENGTH] if isinstance(value, str) else None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _timestamp(value: object) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
-def _minutes(value: object) -> int | None:
-    """Minutes after midnight for ``HH:MM``, or None."""
-    if not isinstance(value, str) or len(value.strip()) != 5 or value.strip()[2] != ":":
-        return None
-    hours, minutes = value.strip()[:2], value.strip()[3:]
-    if not (hours.isdigit() and minutes.isdigit()):
-        return None
-    if int(hours) > 23 or int(minutes) > 59:
-        return None
-    return int(hours) * 60 + int(minutes)
-
-
-def _nothing(_: object) -> None:
-    return None
-
-
-def _label(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError("tag without a text label")  # the tag is skipped
-    return value[:MAX_LABEL_LENGTH]
-
-
-def _schemas(value: object) -> int | None:
-    return len(value) if isinstance(value, list) else None
-
-
-def _modes(value: object) -> tuple[str, ...] | None:
-    if not isinstance(value, list):
-        return None
-    return tuple(dict.fromkeys(m[:MAX_LABEL_LENGTH] for m in value if isinstance(m, str)))
-
-
-ShortText = Annotated[str, Strict(), StringConstraints(max_length=MAX_LABEL_LENGTH)]
-# Free text, cut at MAX_LABEL_LENGTH; None when missing or not a string.
-Text = Annotated[ShortText | None, Lenient(_text)]
-Name = Annotated[ShortText, Lenient(lambda value: _text(value) or "")]
-# A finite number; a bool, a string, an overflow or a non-finite value reads as None.
-Number = Annotated[Annotated[float, Strict(), Field(allow_inf_nan=False)] | None,
-                   Lenient(_number)]
-Uuid = Annotated[Annotated[str, Strict(), StringConstraints(pattern=_UUID, to_lower=True)] | None,
-                 Lenient(canonical_id)]
-RecordId = Annotated[Annotated[str, Strict(), StringConstraints(pattern=_UUID, to_lower=True)],
-                     Lenient(_record_id)]
-# ISO 8601 as Python reads it; a naive time is UTC.
-Timestamp = Annotated[float | None, PlainValidator(_timestamp)]
-Raw = Annotated[Annotated[str, Strict()] | None, Lenient(_nothing)]  # uncut, read later
-Day = Annotated[int, Strict(), Field(ge=0, le=6)]
 
 
 # camelCase aliases as the API spells them; unknown fields ignored. The models are pydantic
@@ -167,7 +65,7 @@ API = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore"
 class Tag:
     """A tag on a database."""
 
-    label: Annotated[ShortText, Lenient(_label)]
+    label: Annotated[ShortText, Lenient(tag_label)]
     color: Name = ""
 
 
@@ -180,27 +78,27 @@ class PauseSchedule:
 
     pause_text: Raw = Field(None, alias="pauseAt")
     resume_text: Raw = Field(None, alias="resumeAt")
-    listed_days: Annotated[tuple[Day, ...] | None, Lenient(_nothing)] = Field(None, alias="days")
+    listed_days: Annotated[tuple[Day, ...] | None, Lenient(nothing)] = Field(None, alias="days")
 
     @property
     def pause_at(self) -> str:
         """pauseAt as a label value."""
-        return _text(self.pause_text) or ""
+        return cut(self.pause_text) or ""
 
     @property
     def resume_at(self) -> str:
         """resumeAt as a label value."""
-        return _text(self.resume_text) or ""
+        return cut(self.resume_text) or ""
 
     @property
     def pause_minute(self) -> int | None:
         """pauseAt in minutes after midnight."""
-        return _minutes(self.pause_text)
+        return minutes(self.pause_text)
 
     @property
     def resume_minute(self) -> int | None:
         """resumeAt in minutes after midnight."""
-        return _minutes(self.resume_text)
+        return minutes(self.resume_text)
 
     @property
     def days(self) -> tuple[int, ...] | None:
@@ -241,8 +139,8 @@ def _distinct_tags(tags: tuple[Tag, ...]) -> tuple[Tag, ...]:
 
 
 # An unreadable tag or record validates as None; Connection drops it (and any repeat).
-Tags = Annotated[tuple[Annotated[Tag, Lenient(_nothing)], ...], Lenient(lambda _: ())]
-Schedule = Annotated[PauseSchedule | None, Lenient(_nothing)]
+Tags = Annotated[tuple[Annotated[Tag, Lenient(nothing)], ...], Lenient(lambda _: ())]
+Schedule = Annotated[PauseSchedule | None, Lenient(nothing)]
 
 
 def parse_pause_schedule(value: object) -> PauseSchedule | None:
@@ -264,7 +162,7 @@ class Database:
     task_memory_mb: Number = None
     log_level: Text = None
     status: Text = None
-    last_error: Annotated[Annotated[str, Strict()] | None, Lenient(_nothing)] = None  # uncut
+    last_error: Raw = None
     endpoint_url: Text = None
     health_status: Text = None
     build_compute_override: Text = None
@@ -282,12 +180,12 @@ class Database:
     @property
     def created_at(self) -> float | None:
         """createdAt as seconds since the epoch."""
-        return _timestamp(self.created_iso)
+        return timestamp(self.created_iso)
 
     @property
     def updated_at(self) -> float | None:
         """updatedAt as seconds since the epoch."""
-        return _timestamp(self.updated_iso)
+        return timestamp(self.updated_iso)
 
 
 
@@ -305,12 +203,12 @@ class Connection:
     backend: Text = None
     host: Text = Field(None, alias="mysqlHost")
     port: Number = Field(None, alias="mysqlPort")
-    available_schemas: Annotated[int | None, PlainValidator(_schemas)] = None
-    allowed_sync_modes: Annotated[tuple[str, ...] | None, PlainValidator(_modes)] = None
+    available_schemas: Annotated[int | None, PlainValidator(count)] = None
+    allowed_sync_modes: Annotated[tuple[str, ...] | None, PlainValidator(distinct_texts)] = None
     min_sync_interval: Number = None
     created_at: Timestamp = None
     updated_at: Timestamp = None
-    databases: tuple[Annotated[Database, Lenient(_nothing)], ...]
+    databases: tuple[Annotated[Database, Lenient(nothing)], ...]
     invalid_databases: int = field(default=0, init=False)
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
-from exporter.metrics import MetricSpec
+from exporter.spec import MetricSpec
 
 # Label names are fixed in metrics.py; values come from the API and must be escaped.
 _LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})

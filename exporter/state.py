@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from exporter.metrics import ConnectionView
 from exporter.models import Connection
+from exporter.spec import ConnectionView
 
 log = logging.getLogger(__name__)
 

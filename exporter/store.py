@@ -26,17 +26,12 @@ from exporter.layout import (
     STABLE_CONNECTION,
     STABLE_FAMILIES,
 )
-from exporter.metrics import (
-    DATABASE_METRICS,
-    IDENTITY_LABELS,
-    ConnectionView,
-    DatabaseView,
-    ExporterView,
-)
+from exporter.metrics import DATABASE_METRICS
 from exporter.models import RECORD_FIELDS as _RECORD_FIELDS
 from exporter.models import Connection, Database
 from exporter.priority import Gate
 from exporter.render import Format, label_block, sample_lines, utf8
+from exporter.spec import IDENTITY_LABELS, ConnectionView, DatabaseView, ExporterView
 from exporter.state import ConnectionState
 
 

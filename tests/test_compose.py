@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from exporter.config import canonical_uuid, parse_config
-from exporter.simulator import Fleet
+from exporter.fleet import Fleet
 from tests.alerting_helpers import run_tool
 from tests.conftest import ROOT
 

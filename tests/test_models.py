@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from exporter import models
-from exporter.simulator import Fleet
+from exporter.fleet import Fleet
 from tests import oracle_models as oracle
 from tests.test_properties import payloads
 

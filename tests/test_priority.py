@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 
 from exporter.client import ApiClient
 from exporter.exchange import Request, Response
+from exporter.fleet import Fleet
 from exporter.poller import Poller
 from exporter.priority import Gate
 from exporter.server import serve
-from exporter.simulator import Fleet, SimulatorApp
+from exporter.simulator import SimulatorApp
 from exporter.store import Store
 from exporter.tokens import TOKEN_ENV, TokenSource
 

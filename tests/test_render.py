@@ -8,9 +8,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.http import accepts_gzip
-from exporter.metrics import DATABASE_METRICS, MetricSpec, value
+from exporter.metrics import DATABASE_METRICS
 from exporter.models import PauseSchedule, parse_connection, parse_pause_schedule
 from exporter.render import escape_label_value, format_value, negotiate, sample_lines
+from exporter.spec import MetricSpec, value
 
 
 def test_golden_escaping_of_labels_and_help() -> None:

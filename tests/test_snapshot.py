@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from exporter import assembly, deflate
 from exporter import store as store_module
 from exporter.layout import EVERY_POLL, FIRST_DATABASE_FAMILY, STABLE_FAMILIES
-from exporter.metrics import DATABASE_METRICS, EXPORTER_METRICS, IDENTITY_LABELS, DatabaseView
+from exporter.metrics import DATABASE_METRICS, EXPORTER_METRICS
 from exporter.models import parse_connection
 from exporter.priority import Gate
 from exporter.render import label_block, negotiate, sample_lines
+from exporter.spec import IDENTITY_LABELS, DatabaseView
 from exporter.store import Store
 from tests.conftest import parse_exposition
 
