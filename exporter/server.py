@@ -4,7 +4,7 @@ exchange.py runs each connection's requests and answers (h11 parses). Everything
 can hold is bounded here or there: connections (the idlest one goes when a new one arrives
 at the cap), the time to send a request, the time an answer may make no progress, the bytes
 buffered for reading and for writing, and TLS handshakes, which start only once the client
-has sent something.
+has sent a whole first record (its ClientHello).
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ SEND_BUFFER = 256 * 1024
 # Handshakes cost OpenSSL state and a 256 KiB read buffer each (asyncio's sslproto); past
 # this many at once, the oldest is shed (a real client's handshake takes milliseconds).
 MAX_HANDSHAKES = 64
+# A TLS record: a 5-byte header (type, version, length) and at most 2^14 + 2048 bytes.
+TLS_HEADER = 5
+TLS_RECORD_MAX = TLS_HEADER + 2**14 + 2048
+TLS_HANDSHAKE = 0x16
+# How soon to look again at a ClientHello still coming: a hello over one segment (a
+# post-quantum key share makes it ~1.8 KB) has its rest a moment behind, a stalled one never.
+HELLO_RECHECK = (0.005, 0.5)  # seconds: first, then doubling up to this
 ACCEPT_RETRY_SECONDS = 0.1
 SHED_GRACE = 1.0  # seconds
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, zero seconds: close() sends a reset
@@ -82,6 +89,28 @@ async def _readable(sock: socket.socket) -> None:
     finally:
         if sock.fileno() != -1:  # a shed client's socket is closed (and unregistered) already
             loop.remove_reader(sock.fileno())
+
+
+def _hello_complete(sock: socket.socket) -> bool:
+    """Whether the first TLS record is all in the kernel's buffer (or it is no TLS at all,
+    or the client has gone): nothing is read, only looked at."""
+    try:
+        head = sock.recv(TLS_RECORD_MAX, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    if len(head) < TLS_HEADER:
+        return not head  # an end (b"") goes on, to be closed; a partial header waits
+    return head[0] != TLS_HANDSHAKE or len(head) >= TLS_HEADER + int.from_bytes(head[3:5])
+
+
+async def _hello(sock: socket.socket) -> None:
+    """Return once the client's first TLS record has arrived whole: until then it costs a
+    socket, not OpenSSL state and a handshake slot."""
+    delay, longest = HELLO_RECHECK
+    while not _hello_complete(sock):
+        # The socket stays readable with a partial record in it, so look again later.
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, longest)
 
 
 class HTTPServer:
@@ -163,11 +192,14 @@ class HTTPServer:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            # Nothing but the socket until the client speaks: a silent connection costs no
-            # transport, buffers or TLS state, and goes after read_timeout.
+            # Nothing but the socket until the client speaks (for TLS, until its ClientHello is
+            # whole): a silent or stalled one costs no transport, buffers or TLS state, and
+            # goes after read_timeout.
             deadline = loop.time() + spread(self.limits.read_timeout)
             async with asyncio.timeout_at(deadline):
                 await _readable(sock)
+                if self.ssl_context is not None:
+                    await _hello(sock)
             self.touch(client)
             reader = asyncio.StreamReader(limit=READ_CHUNK)
             protocol = asyncio.StreamReaderProtocol(reader)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -230,6 +231,78 @@ def test_idle_and_stalled_tls_handshakes_are_cheap_and_dropped(
                    what="every pending handshake to be dropped")
         assert tls.get("/metrics").status_code == 200
         _polls_go_on(exporter, tls)
+    tls.close()
+    exporter.assert_calm()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether the server has neither closed nor reset this connection (nothing is read)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def _split_hello_handshake(port: int, ca: Path, pause: float) -> bytes:
+    """A TLS client whose ClientHello arrives in two parts ``pause`` apart (as a hello over
+    one segment can); returns the answer to a GET /-/healthy over it."""
+    context = ssl.create_default_context(cafile=str(ca))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    sock = attacks.connect(port)
+    try:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = outgoing.read()
+        sock.sendall(hello[: len(hello) // 2])
+        time.sleep(pause)
+        sock.sendall(hello[len(hello) // 2:])
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(outgoing.read())
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            incoming.write(chunk)
+            with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                answer += tls.read(65536)
+        return answer
+    finally:
+        sock.close()
+
+
+def test_a_client_stalled_mid_hello_costs_no_handshake_slot(
+        tmp_path: Path, simulator: Simulator, start_exporter: Callable[..., Exporter]) -> None:
+    """TLS starts only once a whole ClientHello is in: 100 clients stalled mid-hello (more
+    than the 64 handshakes allowed at once) are none of them shed before the read timeout,
+    and a hello that arrives in two parts is still answered."""
+    certs = make_certs(tmp_path / "pki")
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {certs.server_cert}\n"
+                   f"  key_file: {certs.server_key}\n")
+    exporter = start_exporter(exporter_config(simulator), wait_ready=False,
+                              extra_args=[f"--web.config.file={web}", "--web.read-timeout=8s"])
+    tls = httpx.Client(base_url=f"https://127.0.0.1:{exporter.port}", timeout=10,
+                       verify=ssl.create_default_context(cafile=str(certs.ca)))
+    wait_until(lambda: tls.get("/-/ready").status_code == 200, what="readiness over TLS")
+    hello = attacks.client_hello()
+    stalled = [attacks.partial_handshake(exporter.port, hello) for _ in range(100)]
+    with attacks.opened(stalled):
+        time.sleep(1.5)
+        assert all(_still_open(sock) for sock in stalled)
+        assert tls.get("/-/healthy").status_code == 200
+        answer = _split_hello_handshake(exporter.port, certs.ca, pause=0.3)
+        assert answer.startswith(b"HTTP/1.1 200")
     tls.close()
     exporter.assert_calm()
 
