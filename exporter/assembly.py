@@ -27,10 +27,10 @@ from typing import Protocol
 
 from exporter import deflate
 from exporter.layout import EVERY_POLL, STABLE_FAMILIES
-from exporter.metrics import EXPORTER_METRICS
+from exporter.metrics import API_METRICS, EXPORTER_METRICS
 from exporter.priority import Gate
-from exporter.render import Format, sample_lines, utf8
-from exporter.spec import ExporterView
+from exporter.render import Format, label_block, sample_lines, utf8
+from exporter.spec import IDENTITY_LABELS, ApiView, ExporterView
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,8 @@ class Source(Protocol):
 
     @property
     def exporter(self) -> ExporterView: ...
+    @property
+    def api(self) -> Sequence[ApiView]: ...
     @property
     def rendered(self) -> Mapping[str, RenderedBytes]: ...
     @property
@@ -256,6 +258,11 @@ class Output:
             for index, spec in enumerate(EVERY_POLL):
                 out.append(utf8(fmt.header(spec)))
                 out.extend(r.every_poll_chunks[index] for r in store.rendered.values())
+            # The API traffic moves with every request: it goes out with the polls' counters.
+            for api in API_METRICS:
+                out.append(utf8(fmt.header(api) + "".join(
+                    sample_lines(api, label_block(IDENTITY_LABELS["api"], (v.token_source,)), v)
+                    for v in store.api)))
             cached = (store.every_poll_generation, b"".join(out))
             self._every_poll[fmt.openmetrics] = cached
         return cached[1]

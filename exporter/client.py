@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from exporter import __version__
+from exporter.budget import Budget
 from exporter.models import Connection, InvalidResponse, read_connection
 
 # A connection's answer is a few KiB per database; anything near this is not a real answer.
@@ -36,17 +37,21 @@ class Answer:
     connection: Connection | None
     digest: bytes
     retries: int = 0
+    waited: float = 0.0  # seconds spent waiting for the token's budget
 
 
 class PollFailure(Exception):
     """A failed poll, with a reason from ``metrics.FAILURE_REASONS`` and a token-free detail."""
 
-    def __init__(self, reason: str, detail: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None,
+                 status: int | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.retry_after = retry_after
+        self.status = status  # the HTTP status, None when no answer came
         self.retries = 0
+        self.waited = 0.0
 
 
 def _status_reason(status: int) -> str:
@@ -142,6 +147,9 @@ class ApiClient:
         self.timeout = timeout
         self.retries = retries
         self.max_response_bytes = max_response_bytes
+        # Requests in flight at most; a request waiting for its token's budget holds no slot,
+        # so a paused token cannot keep the other tokens' connections waiting.
+        self._slots = asyncio.Semaphore(max_connections)
         self._http = httpx.AsyncClient(
             timeout=timeout,
             verify=verify,
@@ -157,22 +165,41 @@ class ApiClient:
         await self._http.aclose()
 
     async def get_connection(self, connection_id: str, token: str,
-                             previous: bytes | None = None) -> Answer:
+                             previous: bytes | None = None, budget: Budget | None = None) -> Answer:
         """GET /connections/{id} and parse it, retrying 5xx and connection errors a few times.
 
         An answer whose digest equals ``previous`` is not parsed again. Raises PollFailure,
         whose ``retries`` says how many retries it took; 401, 403, 404, 429 and bad answers
-        are never retried.
+        are never retried. Every attempt, retries included, waits for ``budget`` first, and
+        a 429 pauses or cuts it.
         """
-        attempt = 0
+        attempt, waited = 0, 0.0
         while True:
+            if budget is not None:
+                before = budget.waited
+                await budget.acquire()
+                waited += budget.waited - before
+            sent = time.monotonic()
             try:
-                answer = await self._attempt(connection_id, token, previous)
-                return replace(answer, retries=attempt)
+                async with self._slots:
+                    sent = time.monotonic()
+                    answer = await self._attempt(connection_id, token, previous)
+                if budget is not None:
+                    budget.answered("200", time.monotonic() - sent)
+                    budget.recover()
+                return replace(answer, retries=attempt, waited=waited)
             except PollFailure as failure:
+                if budget is not None:
+                    code = "error" if failure.status is None else str(failure.status)
+                    budget.answered(code, time.monotonic() - sent)
+                if budget is not None and failure.status == 429:
+                    if failure.retry_after is not None:
+                        budget.pause(failure.retry_after)
+                    else:
+                        budget.cut()
                 if (failure.reason not in RETRIED_REASONS or failure.retry_after is not None
                         or attempt >= self.retries):
-                    failure.retries = attempt
+                    failure.retries, failure.waited = attempt, waited
                     raise
             attempt += 1
             backoff = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
@@ -191,34 +218,38 @@ class ApiClient:
         if status != 200:
             retry_after = (parse_retry_after(headers.get("retry-after"), time.time())
                            if status in (429, 503) else None)
-            raise PollFailure(_status_reason(status), _error_detail(status, body), retry_after)
+            raise PollFailure(_status_reason(status), _error_detail(status, body), retry_after,
+                              status)
         digest = hashlib.blake2b(body, digest_size=16).digest()
         if digest == previous:
             return Answer(None, digest)
         try:
             return Answer(read_connection(body), digest)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise PollFailure("invalid_response", "answer is not JSON") from None
+            raise PollFailure("invalid_response", "answer is not JSON", status=200) from None
         except InvalidResponse as exc:
-            raise PollFailure("invalid_response", str(exc)) from None
+            raise PollFailure("invalid_response", str(exc), status=200) from None
 
     async def _fetch(self, url: str, token: str) -> tuple[int, httpx.Headers, bytes]:
         """Status, headers and body, refusing a body over the size cap without reading it all."""
         headers = {"Authorization": f"Bearer {token}"}
         async with self._http.stream("GET", url, headers=headers) as response:
             declared = response.headers.get("content-length", "")
+            code = response.status_code
             if declared.isdigit() and int(declared) > self.max_response_bytes:
                 raise PollFailure("invalid_response",
-                                  f"answer of {declared} bytes is over the size cap")
+                                  f"answer of {declared} bytes is over the size cap", status=code)
             chunks, size = [], 0
             try:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > self.max_response_bytes:
-                        raise PollFailure("invalid_response", "answer is over the size cap")
+                        raise PollFailure("invalid_response", "answer is over the size cap",
+                                          status=code)
                     chunks.append(chunk)
             except httpx.TimeoutException:
                 raise
             except httpx.TransportError:
-                raise PollFailure("invalid_response", "answer was cut short") from None
+                raise PollFailure("invalid_response", "answer was cut short",
+                                  status=code) from None
             return response.status_code, response.headers, b"".join(chunks)

@@ -99,6 +99,8 @@ class ApiConfig(_Strict):
     timeout: Duration = 10.0
     max_concurrency: int = Field(default=8, ge=1, le=256)
     retries: int = Field(default=2, ge=0, le=5)
+    # Requests per second at most, per token (retries included); None: only max_concurrency.
+    requests_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_response_size: ByteSize = 32 * 1024 * 1024
     ca_file: Path | None = None
     insecure_skip_verify: StrictBool = False

@@ -88,6 +88,12 @@ class ExporterApp:
                 "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in (
                     state.id, name, status, databases, _when(state.last_success),
                     state.last_failure_reason or "")) + "</tr>")
+        budgets = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in (
+                api.token_source, "none" if api.limit is None else f"{api.limit:g}/s",
+                f"{api.recent_rate:.2f}/s", str(sum(n for _, n in api.requests)),
+                _when(api.paused_until) if api.paused_until else "")) + "</tr>"
+            for api in self.store.api)
         path = html.escape(self.telemetry_path)
         page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ReflexDB Exporter</title>
@@ -101,6 +107,10 @@ scrape time.</p>
 <table><thead><tr><th>Connection</th><th>Name</th><th>State</th><th>Databases</th>
 <th>Last success</th><th>Last failure reason</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
+<h2>API budget per token</h2>
+<table><thead><tr><th>Token source</th><th>Budget</th><th>Rate (last minute)</th>
+<th>Requests</th><th>Paused until</th></tr></thead>
+<tbody>{budgets}</tbody></table>
 </body></html>
 """
         return Response(200, page.encode(), "text/html; charset=utf-8")

@@ -15,6 +15,7 @@ from exporter.models import (
     Database,
 )
 from exporter.spec import (
+    ApiView,
     ConnectionView,
     DatabaseView,
     ExporterView,
@@ -90,6 +91,31 @@ def _scaled(read: Callable[[Database], float | None], factor: float) -> Callable
 
     return scaled
 
+
+# Seconds from sending an API request to its whole answer.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+API_METRICS: tuple[MetricSpec[ApiView], ...] = (
+    MetricSpec("reflexdb_api_requests_total", "counter",
+               "API requests sent with this token, by HTTP status code; code=\"error\" when no "
+               "answer came (a timeout or a connection error).",
+               "api", ("code",), lambda v: [((code,), float(n)) for code, n in v.requests]),
+    MetricSpec("reflexdb_api_request_duration_seconds", "histogram",
+               "Time from sending an API request to its whole answer.",
+               "api", (), lambda v: [((), float(n)) for n in v.buckets], bounds=DURATION_BUCKETS,
+               total=lambda v: v.duration_sum),
+    MetricSpec("reflexdb_api_requests_per_second_limit", "gauge",
+               "The request budget in force for this token now (api.requests_per_second, or "
+               "less after a 429 without Retry-After); absent when there is none.",
+               "api", (), value(lambda v: v.limit)),
+    MetricSpec("reflexdb_api_paused_until_timestamp_seconds", "gauge",
+               "Unix time until which a 429's Retry-After stops every request with this "
+               "token; 0 when not paused.",
+               "api", (), value(lambda v: v.paused_until)),
+    MetricSpec("reflexdb_api_budget_wait_seconds_total", "counter",
+               "Seconds that polls with this token spent waiting for its budget.",
+               "api", (), value(lambda v: v.waited)),
+)
 
 EXPORTER_METRICS: tuple[MetricSpec[ExporterView], ...] = (
     MetricSpec("reflexdb_exporter_build_info", "gauge",
@@ -249,7 +275,7 @@ DATABASE_METRICS: tuple[MetricSpec[DatabaseView], ...] = (
                reads=("tags",)),
 )
 
-ALL_METRICS: tuple[MetricSpec[ExporterView] | MetricSpec[ConnectionView]
+ALL_METRICS: tuple[MetricSpec[ExporterView] | MetricSpec[ApiView] | MetricSpec[ConnectionView]
                    | MetricSpec[DatabaseView], ...] = (
-    EXPORTER_METRICS + CONNECTION_METRICS + DATABASE_METRICS
+    EXPORTER_METRICS + API_METRICS + CONNECTION_METRICS + DATABASE_METRICS
 )

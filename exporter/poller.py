@@ -7,8 +7,11 @@ import logging
 import random
 import time
 
+from exporter.budget import Budget
 from exporter.client import Answer, ApiClient, PollFailure
+from exporter.metrics import DURATION_BUCKETS
 from exporter.priority import Gate
+from exporter.spec import ApiView
 from exporter.store import Store
 from exporter.tokens import TokenError, TokenSource
 
@@ -26,14 +29,29 @@ class Poller:
     """Runs one polling task per connection and records each result in the store."""
 
     def __init__(self, store: Store, client: ApiClient, tokens: dict[str, TokenSource],
-                 interval: float, max_concurrency: int, *, gate: Gate | None = None) -> None:
+                 interval: float, max_concurrency: int, *, gate: Gate | None = None,
+                 requests_per_second: float | None = None) -> None:
         self.store = store
         self.client = client
-        self.tokens = tokens
         self.interval = interval
-        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self.rate = requests_per_second
+        self.burst = max_concurrency
         self.gate = gate or Gate()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.budgets: dict[str, Budget] = {}  # by token source (see TokenSource.label)
+        self.tokens: dict[str, TokenSource] = {}
+        self._set_tokens(tokens)
+
+    def _set_tokens(self, tokens: dict[str, TokenSource]) -> None:
+        """One budget per token source, kept (pauses and cuts included) across reloads."""
+        self.tokens = tokens
+        users: dict[str, int] = {}
+        for source in tokens.values():
+            users[source.label] = users.get(source.label, 0) + 1
+        # A cut never goes below one request per poll interval for each connection.
+        self.budgets = {label: self.budgets.get(label) or self._budget() for label in users}
+        for label, count in users.items():
+            self.budgets[label].floor = count / self.interval
 
     def start(self) -> None:
         """Start a task for every connection that has none."""
@@ -42,10 +60,22 @@ class Poller:
                 self._tasks[connection_id] = asyncio.create_task(
                     self._loop(connection_id), name=f"poll {connection_id}")
 
+    def _budget(self) -> Budget:
+        budget = Budget(self.rate, self.burst, 0.0)
+        budget.track(DURATION_BUCKETS)
+        return budget
+
+    def api_views(self) -> tuple[ApiView, ...]:
+        """Each token source's traffic and budget, as the metrics read them."""
+        return tuple(ApiView(label, tuple(sorted(b.codes.items())), b.cumulative(),
+                             b.duration_sum, b.limit, b.paused_until_unix(), b.waited,
+                             b.recent_rate())
+                     for label, b in sorted(self.budgets.items()))
+
     def update(self, tokens: dict[str, TokenSource], interval: float) -> None:
         """Poll these connections from now on; those already polled keep their schedule."""
-        self.tokens = tokens
         self.interval = interval
+        self._set_tokens(tokens)
         for connection_id in [c for c in self._tasks if c not in tokens]:
             self._tasks.pop(connection_id).cancel()
         self.start()
@@ -78,11 +108,11 @@ class Poller:
         moment, and so does the parsing and rendering of its answer.
         """
         await self.gate.idle()
-        async with self._semaphore:
-            started = time.monotonic()
-            outcome = await self._fetch(connection_id)
-            duration = time.monotonic() - started
+        started = time.monotonic()
+        outcome = await self._fetch(connection_id)
+        duration = time.monotonic() - started - outcome.waited  # the API's time, not ours
         async with self.gate.turn():
+            self.store.api = self.api_views()  # shown with the poll recorded next
             if isinstance(outcome, PollFailure):
                 self._failed(connection_id, outcome, duration)
             else:
@@ -90,10 +120,12 @@ class Poller:
 
     async def _fetch(self, connection_id: str) -> Answer | PollFailure:
         try:
-            token = self.tokens[connection_id].get()
+            source = self.tokens[connection_id]
+            token = source.get()
             state = self.store.states.get(connection_id)
             previous = state.answer_digest if state is not None else None
-            return await self.client.get_connection(connection_id, token, previous)
+            return await self.client.get_connection(connection_id, token, previous,
+                                                    self.budgets.get(source.label))
         except PollFailure as failure:
             return failure
         except TokenError as exc:

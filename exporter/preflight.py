@@ -49,10 +49,32 @@ def warnings(config: Config) -> list[str]:
     if config.poll_interval < RATE_LIMIT_WARNING_SECONDS:
         warnings.append(f"poll_interval: {config.poll_interval:g}s is short enough to strain a "
                         f"real account's API rate limit (below {RATE_LIMIT_WARNING_SECONDS:g}s)")
+    warnings.extend(_budget_warnings(config))
     if config.api.insecure_skip_verify:
         warnings.append("api.insecure_skip_verify: TLS verification of the API is off; anyone "
                         "on the network path can read the API token")
     return warnings
+
+
+def _budget_warnings(config: Config) -> list[str]:
+    """Tokens whose connections need more polls than ``api.requests_per_second`` allows."""
+    rate = config.api.requests_per_second
+    if rate is None:
+        return []
+    by_token: dict[str, list[str]] = {}
+    for connection in config.connections:
+        source = TokenSource(connection.token_file or config.api.token_file)
+        by_token.setdefault(source.label, []).append(connection.id)
+    out = []
+    for label, ids in by_token.items():
+        effective = len(ids) / rate
+        if effective > config.poll_interval:
+            named = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            out.append(f"api.requests_per_second: {rate:g} per token lets the {len(ids)} "
+                       f"connections on token {label} ({named}) be polled every "
+                       f"{effective:g}s, not every {config.poll_interval:g}s (poll_interval); "
+                       "their polls are spread evenly at that pace")
+    return out
 
 
 def _token_problem(path: str, source: TokenSource) -> list[str]:

@@ -65,6 +65,8 @@ def sample_lines(spec: MetricSpec[Any], identity: str, obj: Any) -> str:
     ``identity`` is the object's already escaped identity label block, shared by every family
     so it is escaped once per object rather than once per line.
     """
+    if spec.kind == "histogram":
+        return _histogram_lines(spec, identity, obj)
     name = spec.name
     lines = []
     for labels, number in spec.samples(obj):
@@ -74,6 +76,20 @@ def sample_lines(spec: MetricSpec[Any], identity: str, obj: Any) -> str:
             block = f"{identity},{own}" if identity else own
         text = "1" if number == 1 else "0" if number == 0 else format_value(number)
         lines.append(f"{name}{{{block}}} {text}\n" if block else f"{name} {text}\n")
+    return "".join(lines)
+
+
+def _histogram_lines(spec: MetricSpec[Any], identity: str, obj: Any) -> str:
+    """``_bucket`` lines (cumulative, ``le`` last), then ``_sum`` and ``_count``."""
+    assert spec.total is not None
+    counts = [number for _, number in spec.samples(obj)]
+    prefix = f"{identity}," if identity else ""
+    bounds = [str(float(b)) for b in spec.bounds] + ["+Inf"]  # as client_python writes them
+    lines = [f'{spec.name}_bucket{{{prefix}le="{bound}"}} {format_value(float(count))}\n'
+             for bound, count in zip(bounds, counts, strict=True)]
+    block = f"{{{identity}}}" if identity else ""
+    lines.append(f"{spec.name}_sum{block} {format_value(spec.total(obj))}\n")
+    lines.append(f"{spec.name}_count{block} {format_value(float(counts[-1]))}\n")
     return "".join(lines)
 
 

@@ -179,7 +179,8 @@ class Runtime:
                                  max_response_bytes=api.max_response_size,
                                  verify=tls_verification(api.ca_file, api.insecure_skip_verify))
         self._poller = Poller(self.store, self._client, sources, config.poll_interval,
-                              api.max_concurrency, gate=self._gate)
+                              api.max_concurrency, gate=self._gate,
+                              requests_per_second=api.requests_per_second)
         self._poller.start()
 
     async def _stop_polling(self) -> None:

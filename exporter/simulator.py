@@ -16,6 +16,7 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ class SimulatorApp:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self.requests: list[dict[str, Any]] = []
+        # Faults by the bearer token they answer, on every connection: an account's limit.
+        self.token_faults: dict[str, Fault] = {}
 
     async def __call__(self, request: Request) -> Response:
         """Answer one request."""
@@ -67,20 +70,12 @@ class SimulatorApp:
 
     async def _get_connection(self, connection_id: str, request: Request) -> Response:
         connection = self.fleet.find(connection_id)
-        fault = connection.fault if connection else None
-        if connection and fault:
-            if fault.remaining is not None:
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    connection.fault = None
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
-            body = fault.body.encode()
-            if fault.truncate:
-                head = (f"HTTP/1.1 {fault.status} X\r\nContent-Type: {fault.content_type}\r\n"
-                        f"Content-Length: {len(body) + 1000}\r\n\r\n").encode()
-                return Response(raw=head + body)
-            return Response(fault.status, body, fault.content_type, list(fault.headers.items()))
+        presented = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if presented in self.token_faults:
+            return await self._fault(self.token_faults[presented],
+                                     lambda: self.token_faults.pop(presented, None))
+        if connection and connection.fault:
+            return await self._fault(connection.fault, lambda: setattr(connection, "fault", None))
         expected = connection.token if connection else self.fleet.token
         if request.headers.get("authorization") != f"Bearer {expected}":
             return _error(401, "unauthorized", "missing or invalid bearer token")
@@ -88,6 +83,22 @@ class SimulatorApp:
         if answer is None:
             return _error(404, "not_found", "connection not found")
         return _json(200, answer)
+
+    @staticmethod
+    async def _fault(fault: Fault, spent: Callable[[], object]) -> Response:
+        """The injected answer; ``spent`` removes the fault once its count runs out."""
+        if fault.remaining is not None:
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                spent()
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        body = fault.body.encode()
+        if fault.truncate:
+            head = (f"HTTP/1.1 {fault.status} X\r\nContent-Type: {fault.content_type}\r\n"
+                    f"Content-Length: {len(body) + 1000}\r\n\r\n").encode()
+            return Response(raw=head + body)
+        return Response(fault.status, body, fault.content_type, list(fault.headers.items()))
 
     def _control(self, method: str, parts: list[str], body: bytes) -> Response:
         payload: Any = json.loads(body) if body else None
@@ -100,6 +111,13 @@ class SimulatorApp:
             return _json(200, {})
         if parts == ["tick"] and method == "POST":
             self.fleet.tick()
+            return _json(200, {})
+        if parts == ["token-fault"] and method == "PUT":
+            token = payload.pop("token")
+            self.token_faults[token] = Fault(**payload)
+            return _json(200, {})
+        if parts == ["token-fault"] and method == "DELETE":
+            self.token_faults.pop(payload["token"], None)
             return _json(200, {})
         if len(parts) < 2 or parts[0] != "connections":
             return _error(404, "not_found", "no such control route")

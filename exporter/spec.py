@@ -14,10 +14,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Sample = tuple[tuple[str, ...], float]
-Scope = Literal["exporter", "connection", "database"]
+Scope = Literal["exporter", "api", "connection", "database"]
 
 IDENTITY_LABELS: dict[Scope, tuple[str, ...]] = {
     "exporter": (),
+    "api": ("token_source",),
     "connection": ("connection_id",),
     "database": ("connection_id", "database_id", "database_name"),
 }
@@ -31,6 +32,20 @@ class ExporterView:
     reload_time: float | None = None
     shard: int = 0
     total_shards: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ApiView:
+    """What the API traffic metrics read: one token source's requests and budget."""
+
+    token_source: str
+    requests: tuple[tuple[str, int], ...]  # by HTTP status code, or "error"
+    buckets: tuple[int, ...]  # cumulative counts of durations, for DURATION_BUCKETS and +Inf
+    duration_sum: float
+    limit: float | None
+    paused_until: float  # Unix time, 0 when not paused
+    waited: float
+    recent_rate: float = 0.0  # requests per second over the last minute, for the page
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +76,7 @@ class MetricSpec(Generic[T]):
     """One metric family: name, type, help, extra labels and how to read its samples."""
 
     name: str
-    kind: Literal["gauge", "counter"]
+    kind: Literal["gauge", "counter", "histogram"]
     help: str
     scope: Scope
     labels: tuple[str, ...]
@@ -76,6 +91,10 @@ class MetricSpec(Generic[T]):
     # record changes in none of them, the family's stored lines for it are kept as they are.
     # Empty means "not declared": re-render whenever the record changes.
     reads: tuple[str, ...] = ()
+    # For histograms: the bucket bounds (``samples`` gives one cumulative count per bound and
+    # one for +Inf) and the sum of observations; the count is the +Inf bucket's.
+    bounds: tuple[float, ...] = ()
+    total: Callable[[T], float] | None = field(default=None, repr=False)
 
     @property
     def all_labels(self) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from exporter.models import RECORD_FIELDS as _RECORD_FIELDS
 from exporter.models import Connection, Database
 from exporter.priority import Gate
 from exporter.render import Format, label_block, sample_lines, utf8
-from exporter.spec import IDENTITY_LABELS, ConnectionView, DatabaseView, ExporterView
+from exporter.spec import IDENTITY_LABELS, ApiView, ConnectionView, DatabaseView, ExporterView
 from exporter.state import ConnectionState
 
 
@@ -158,6 +158,7 @@ class Store:
     def __init__(self, connection_ids: Iterable[str], stale_after: float) -> None:
         self.stale_after = stale_after
         self.exporter = ExporterView()
+        self.api: tuple[ApiView, ...] = ()  # each token source's traffic, set by the poller
         self.states: dict[str, ConnectionState] = {}
         self.rendered: dict[str, Rendered] = {}
         self.stable_generation = 0  # moves whenever a stable family's bytes change

@@ -26,6 +26,11 @@ class TokenSource:
         self._stamp: tuple[int, int] | None = None
         self._token: str | None = None
 
+    @property
+    def label(self) -> str:
+        """The ``token_source`` label: ``env``, or the token file's path; never the token."""
+        return str(self.path) if self.path else "env"
+
     def describe(self) -> str:
         """Where the token comes from, for logs and the landing page."""
         return f"file {self.path}" if self.path else f"environment variable {TOKEN_ENV}"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from exporter import assembly, deflate
 from exporter import store as store_module
 from exporter.layout import EVERY_POLL, FIRST_DATABASE_FAMILY, STABLE_FAMILIES
-from exporter.metrics import DATABASE_METRICS, EXPORTER_METRICS
+from exporter.metrics import API_METRICS, DATABASE_METRICS, EXPORTER_METRICS
 from exporter.models import parse_connection
 from exporter.priority import Gate
 from exporter.render import label_block, negotiate, sample_lines
@@ -83,6 +83,10 @@ def _reference(store: Store, fmt: Any) -> bytes:
     for family, spec in enumerate(EVERY_POLL):
         out.append(fmt.header(spec).encode())
         out.extend(r.every_poll_chunks[family] for r in store.rendered.values())
+    for api in API_METRICS:
+        out.append(fmt.header(api).encode())
+        out.extend(sample_lines(api, label_block(IDENTITY_LABELS["api"], (v.token_source,)),
+                                v).encode() for v in store.api)
     return b"".join(out)
 
 

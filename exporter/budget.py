@@ -1,0 +1,115 @@
+"""Each token's API budget: a rate as a token bucket, a pause where a 429 names its end, and
+AIMD where it names none."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+
+# A 429 without Retry-After halves the rate; each good answer then adds back this share of
+# the rate it was cut from, so recovery takes this many good answers: slow, and additive.
+RECOVERY_STEPS = 50
+# Without a configured budget, a cut starts from the rate measured over this window.
+MEASURE_WINDOW = 60.0  # seconds
+
+
+class Budget:
+    """The requests one token may send: at most ``rate`` a second on average, ``burst`` at
+    once, none while paused. ``floor`` is the rate a cut never goes below."""
+
+    def __init__(self, rate: float | None, burst: int, floor: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.configured = rate
+        self.limit = rate  # in force now: the configured rate, or less after a cut
+        self.burst = burst
+        self.floor = floor
+        self._clock = clock
+        self._ceiling = rate  # what recovery climbs back to
+        self._tokens = float(burst)
+        self._stamp = clock()
+        self.paused_until = 0.0  # on the clock above
+        self.waited = 0.0  # seconds requests spent waiting for this budget, in all
+        self._sent: deque[float] = deque(maxlen=100_000)
+        # The traffic itself, for /metrics: answers by code, and how long they took.
+        self.codes: Counter[str] = Counter()
+        self.duration_sum = 0.0
+        self._bounds: Sequence[float] = ()
+        self._durations: list[int] = [0]
+
+    def track(self, bounds: Sequence[float]) -> None:
+        """Count request durations in buckets with these upper bounds (and +Inf)."""
+        self._bounds, self._durations = bounds, [0] * (len(bounds) + 1)
+
+    def answered(self, code: str, seconds: float) -> None:
+        """One request's outcome: its HTTP status code (or "error") and its duration."""
+        self.codes[code] += 1
+        self.duration_sum += seconds
+        self._durations[bisect.bisect_left(self._bounds, seconds)] += 1
+
+    def cumulative(self) -> tuple[int, ...]:
+        """Durations at or under each bound, then all of them."""
+        out, total = [], 0
+        for count in self._durations:
+            total += count
+            out.append(total)
+        return tuple(out)
+
+    def paused_until_unix(self) -> float:
+        """When the current pause ends as Unix time; 0 when not paused."""
+        left = self.paused_until - self._clock()
+        return time.time() + left if left > 0 else 0.0
+
+    def delay(self) -> float:
+        """Seconds until a request may go; when 0, the request is counted as sent now."""
+        now = self._clock()
+        if now < self.paused_until:
+            return self.paused_until - now
+        if self.limit is not None:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.limit)
+            self._stamp = now
+            if self._tokens < 1:
+                return (1 - self._tokens) / self.limit
+            self._tokens -= 1
+        self._sent.append(now)
+        return 0.0
+
+    async def acquire(self) -> None:
+        """Wait until a request may go, and count it as sent."""
+        started = self._clock()
+        while (wait := self.delay()) > 0:
+            await asyncio.sleep(wait)
+        self.waited += self._clock() - started
+
+    def pause(self, seconds: float) -> None:
+        """No request before ``seconds`` from now (a 429's Retry-After)."""
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+    def cut(self) -> None:
+        """Halve the rate (a 429 without Retry-After), never below the floor."""
+        current = self.limit if self.limit is not None else self._measured()
+        self._ceiling = self.configured if self.configured is not None else current
+        # The floor never lifts a limit above the rate it was cut from.
+        self.limit = max(min(self.floor, current), current / 2)
+        self._tokens = min(self._tokens, 1.0)  # no burst straight after being told to slow
+
+    def recover(self) -> None:
+        """A good answer: climb back towards the rate before the cut; a limit that was never
+        configured is lifted once it is reached."""
+        if self.limit is None or self._ceiling is None or self.limit >= self._ceiling:
+            return
+        self.limit = min(self._ceiling, self.limit + self._ceiling / RECOVERY_STEPS)
+        if self.configured is None and self.limit >= self._ceiling:
+            self.limit = self._ceiling = None
+
+    def recent_rate(self) -> float:
+        """Requests per second sent over the last MEASURE_WINDOW."""
+        now = self._clock()
+        while self._sent and self._sent[0] < now - MEASURE_WINDOW:
+            self._sent.popleft()
+        return len(self._sent) / MEASURE_WINDOW
+
+    def _measured(self) -> float:
+        return max(self.floor, self.recent_rate())
