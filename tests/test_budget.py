@@ -279,3 +279,22 @@ def test_an_ha_pair_of_scrapers_costs_no_extra_api_requests(
     assert min(scraped) > 20
     assert quiet > 10
     assert abs(busy - quiet) <= 3, (quiet, busy)
+
+
+@pytest.mark.e2e
+def test_a_request_without_an_answer_counts_as_code_error(
+        simulator: Simulator, exporter: Exporter) -> None:
+    """A request that times out has no status code: it is counted as code="error", and its
+    duration lands in the histogram's upper buckets, which stay cumulative."""
+    simulator.fault(simulator.connection_ids[0], status=200, body="{}", delay=30, remaining=1)
+    scrape = exporter.wait_for(lambda s: (s.value("reflexdb_api_requests_total", code="error",
+                                                  **ENV) or 0) >= 1, timeout=20)
+    buckets = sorted((float(labels["le"]), n) for labels, n in scrape.series(
+        "reflexdb_api_request_duration_seconds_bucket", **ENV))
+    counts = [n for _, n in buckets]
+    assert counts == sorted(counts)
+    assert buckets[-1] == (float("inf"), scrape.value(
+        "reflexdb_api_request_duration_seconds_count", **ENV))
+    # The timed-out request took the whole api.timeout (2 s): not in the buckets under 1 s.
+    under_a_second = dict(buckets)[1.0]
+    assert counts[-1] - under_a_second >= 1
