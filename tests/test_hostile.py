@@ -201,19 +201,26 @@ def test_soft_open_files_limit_is_raised_to_the_hard_one(
     assert attacks.open_files_limit(exporter.pid) == (4096, 4096)
 
 
-def test_idle_and_stalled_tls_handshakes_are_cheap_and_dropped(
-        tmp_path: Path, simulator: Simulator, start_exporter: Callable[..., Exporter]) -> None:
-    """Silent TLS clients cost no handshake state and, like clients stalled mid-handshake,
-    are dropped after the read timeout; a real TLS client is served meanwhile."""
+def _tls_exporter(tmp_path: Path, simulator: Simulator, start_exporter: Callable[..., Exporter],
+                  read_timeout: str) -> tuple[Exporter, httpx.Client, Path]:
+    """An exporter serving TLS with this read timeout, ready; a client that trusts it; the CA."""
     certs = make_certs(tmp_path / "pki")
     web = tmp_path / "web.yml"
     web.write_text(f"tls_server_config:\n  cert_file: {certs.server_cert}\n"
                    f"  key_file: {certs.server_key}\n")
-    exporter = start_exporter(exporter_config(simulator), wait_ready=False,
-                              extra_args=[f"--web.config.file={web}", "--web.read-timeout=2s"])
+    exporter = start_exporter(exporter_config(simulator), wait_ready=False, extra_args=[
+        f"--web.config.file={web}", f"--web.read-timeout={read_timeout}"])
     tls = httpx.Client(base_url=f"https://127.0.0.1:{exporter.port}", timeout=10,
                        verify=ssl.create_default_context(cafile=str(certs.ca)))
     wait_until(lambda: tls.get("/-/ready").status_code == 200, what="readiness over TLS")
+    return exporter, tls, certs.ca
+
+
+def test_idle_and_stalled_tls_handshakes_are_cheap_and_dropped(
+        tmp_path: Path, simulator: Simulator, start_exporter: Callable[..., Exporter]) -> None:
+    """Silent TLS clients cost no handshake state and, like clients stalled mid-handshake,
+    are dropped after the read timeout; a real TLS client is served meanwhile."""
+    exporter, tls, _ = _tls_exporter(tmp_path, simulator, start_exporter, "2s")
     idle = attacks.rss_bytes(exporter.pid)
     hello = attacks.client_hello()
     silent = [attacks.connect(exporter.port) for _ in range(300)]
@@ -286,22 +293,14 @@ def test_a_client_stalled_mid_hello_costs_no_handshake_slot(
     """TLS starts only once a whole ClientHello is in: 100 clients stalled mid-hello (more
     than the 64 handshakes allowed at once) are none of them shed before the read timeout,
     and a hello that arrives in two parts is still answered."""
-    certs = make_certs(tmp_path / "pki")
-    web = tmp_path / "web.yml"
-    web.write_text(f"tls_server_config:\n  cert_file: {certs.server_cert}\n"
-                   f"  key_file: {certs.server_key}\n")
-    exporter = start_exporter(exporter_config(simulator), wait_ready=False,
-                              extra_args=[f"--web.config.file={web}", "--web.read-timeout=8s"])
-    tls = httpx.Client(base_url=f"https://127.0.0.1:{exporter.port}", timeout=10,
-                       verify=ssl.create_default_context(cafile=str(certs.ca)))
-    wait_until(lambda: tls.get("/-/ready").status_code == 200, what="readiness over TLS")
+    exporter, tls, ca = _tls_exporter(tmp_path, simulator, start_exporter, "8s")
     hello = attacks.client_hello()
     stalled = [attacks.partial_handshake(exporter.port, hello) for _ in range(100)]
     with attacks.opened(stalled):
         time.sleep(1.5)
         assert all(_still_open(sock) for sock in stalled)
         assert tls.get("/-/healthy").status_code == 200
-        answer = _split_hello_handshake(exporter.port, certs.ca, pause=0.3)
+        answer = _split_hello_handshake(exporter.port, ca, pause=0.3)
         assert answer.startswith(b"HTTP/1.1 200")
     tls.close()
     exporter.assert_calm()
