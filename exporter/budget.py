@@ -18,7 +18,12 @@ MEASURE_WINDOW = 60.0  # seconds
 
 class Budget:
     """The requests one token may send: at most ``rate`` a second on average, ``burst`` at
-    once, none while paused. ``floor`` is the rate a cut never goes below."""
+    once, none while paused. ``floor`` is the rate a cut never goes below.
+
+    Each request reserves the next free moment (the generic cell rate algorithm's virtual
+    schedule), so waiting polls go in the order they asked, evenly spaced at the rate,
+    instead of waking together and racing.
+    """
 
     def __init__(self, rate: float | None, burst: int, floor: float, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -28,8 +33,7 @@ class Budget:
         self.floor = floor
         self._clock = clock
         self._ceiling = rate  # what recovery climbs back to
-        self._tokens = float(burst)
-        self._stamp = clock()
+        self._next = clock()  # when the next request would go at the steady rate
         self.paused_until = 0.0  # on the clock above
         self.waited = 0.0  # seconds requests spent waiting for this budget, in all
         self._sent: deque[float] = deque(maxlen=100_000)
@@ -62,25 +66,29 @@ class Budget:
         left = self.paused_until - self._clock()
         return time.time() + left if left > 0 else 0.0
 
-    def delay(self) -> float:
-        """Seconds until a request may go; when 0, the request is counted as sent now."""
+    def reserve(self) -> float:
+        """Book the next moment a request may go, on the clock above, and count it as sent
+        then; the moment is now when the budget allows it at once."""
         now = self._clock()
-        if now < self.paused_until:
-            return self.paused_until - now
-        if self.limit is not None:
-            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.limit)
-            self._stamp = now
-            if self._tokens < 1:
-                return (1 - self._tokens) / self.limit
-            self._tokens -= 1
-        self._sent.append(now)
-        return 0.0
+        base = max(now, self.paused_until)
+        if self.limit is None:
+            go = base
+        else:
+            due = max(self._next, base)
+            go = max(base, due - (self.burst - 1) / self.limit)  # up to ``burst`` early
+            self._next = due + 1 / self.limit
+        self._sent.append(go)
+        return go
 
     async def acquire(self) -> None:
-        """Wait until a request may go, and count it as sent."""
+        """Wait for a booked moment; a pause that began meanwhile books a later one."""
         started = self._clock()
-        while (wait := self.delay()) > 0:
-            await asyncio.sleep(wait)
+        while True:
+            go = self.reserve()
+            if go > self._clock():
+                await asyncio.sleep(go - self._clock())
+            if self._clock() >= self.paused_until:
+                break
         self.waited += self._clock() - started
 
     def pause(self, seconds: float) -> None:
@@ -93,7 +101,8 @@ class Budget:
         self._ceiling = self.configured if self.configured is not None else current
         # The floor never lifts a limit above the rate it was cut from.
         self.limit = max(min(self.floor, current), current / 2)
-        self._tokens = min(self._tokens, 1.0)  # no burst straight after being told to slow
+        # No burst straight after being told to slow down.
+        self._next = max(self._next, self._clock() + (self.burst - 1) / self.limit)
 
     def recover(self) -> None:
         """A good answer: climb back towards the rate before the cut; a limit that was never
@@ -109,7 +118,7 @@ class Budget:
         now = self._clock()
         while self._sent and self._sent[0] < now - MEASURE_WINDOW:
             self._sent.popleft()
-        return len(self._sent) / MEASURE_WINDOW
+        return sum(1 for moment in self._sent if moment <= now) / MEASURE_WINDOW
 
     def _measured(self) -> float:
         return max(self.floor, self.recent_rate())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,39 +28,48 @@ class Clock:
         return self.now
 
 
-def _sent_within(budget: Budget, clock: Clock, seconds: float, step: float = 0.01) -> int:
-    """How many requests the budget lets go in ``seconds``, asking every ``step``."""
+def _sent_within(budget: Budget, clock: Clock, seconds: float) -> int:
+    """How many requests, asking back to back from now on, the budget books within
+    ``seconds`` (the one booked past them is left unsent)."""
     sent, end = 0, clock.now + seconds
-    while clock.now < end:
-        while budget.delay() == 0:
-            sent += 1
-        clock.now += step
+    while budget.reserve() < end:
+        sent += 1
     return sent
 
 
 def test_the_rate_holds_after_a_burst_of_at_most_burst() -> None:
-    """Over 10 s at 2 a second with a burst of 3, at most 3 + 20 requests go, and about that."""
+    """Over 10 s at 2 a second with a burst of 3, 3 go at once and then one every 0.5 s."""
     clock = Clock()
     budget = Budget(2.0, 3, floor=0.1, clock=clock)
-    sent = _sent_within(budget, clock, 10.0)
-    assert 3 + 19 <= sent <= 3 + 20
+    moments = [budget.reserve() - clock.now for _ in range(6)]
+    assert moments == [0, 0, 0, 0.5, 1.0, 1.5]
+    assert _sent_within(budget, clock, 10.0) == 22 - 6  # the rest of the 22 booked in 10 s
+
+
+def test_waiting_requests_go_in_order_evenly_spaced() -> None:
+    """Twenty polls asking at once on a budget of 4 a second are booked 0.25 s apart, in
+    the order they asked: no two at the same moment, none overtaken."""
+    clock = Clock()
+    budget = Budget(4.0, 1, floor=0.1, clock=clock)
+    moments = [budget.reserve() - clock.now for _ in range(20)]
+    assert moments == [pytest.approx(0.25 * n) for n in range(20)]
 
 
 def test_without_a_rate_nothing_waits() -> None:
     """No configured budget: every request goes at once."""
-    budget = Budget(None, 2, floor=0.1, clock=Clock())
-    assert all(budget.delay() == 0 for _ in range(1000))
+    clock = Clock()
+    budget = Budget(None, 2, floor=0.1, clock=clock)
+    assert all(budget.reserve() == clock.now for _ in range(1000))
 
 
 def test_a_pause_stops_every_request_until_it_ends() -> None:
-    """After pause(5), nothing goes for 5 s, then the rate resumes."""
+    """After pause(5), nothing is booked before the 5 s are over, then the rate resumes."""
     clock = Clock()
     budget = Budget(10.0, 2, floor=0.1, clock=clock)
     budget.pause(5.0)
-    assert budget.delay() == pytest.approx(5.0)
-    assert _sent_within(budget, clock, 4.9) == 0
-    clock.now += 0.2
-    assert budget.delay() == 0
+    assert _sent_within(budget, clock, 4.99) == 0
+    clock.now += 6
+    assert budget.reserve() == clock.now
 
 
 def test_a_cut_halves_the_rate_and_never_goes_below_the_floor() -> None:
@@ -69,7 +79,7 @@ def test_a_cut_halves_the_rate_and_never_goes_below_the_floor() -> None:
     budget = Budget(8.0, 8, floor=1.5, clock=clock)
     budget.cut()
     assert budget.limit == 4.0
-    assert _sent_within(budget, clock, 10.0) <= 1 + 40
+    assert _sent_within(budget, clock, 10.0) <= 40
     budget.cut()
     budget.cut()
     assert budget.limit == 1.5
@@ -97,7 +107,7 @@ def test_without_a_rate_a_cut_starts_from_the_measured_rate_and_is_lifted_later(
     clock = Clock()
     budget = Budget(None, 4, floor=0.1, clock=clock)
     for _ in range(int(MEASURE_WINDOW * 6)):  # 6 a second over the window
-        assert budget.delay() == 0
+        assert budget.reserve() == clock.now
         clock.now += 1 / 6
     budget.cut()
     assert budget.limit == pytest.approx(3.0, rel=0.05)
@@ -127,15 +137,19 @@ def six(tmp_path: Path, token: str) -> Iterator[Simulator]:
 def test_requests_per_token_stay_within_the_budget(
         six: Simulator, start_exporter: Callable[..., Exporter]) -> None:
     """Six connections polled every 0.5 s want 12 requests a second; a budget of 3 a second
-    (burst 2) lets at most 3 a second through, paced, and warns once at start."""
+    (burst 2) lets at most 3 a second through, each connection in turn, and warns once."""
     config = exporter_config(six, poll_interval="0.5s")
     config["api"].update(requests_per_second=3, max_concurrency=2)
     exporter = start_exporter(config)
     time.sleep(2)
     since = time.time()
     time.sleep(6)
-    sent = sum(len(t) for t in _by_token(six.requests(), since).values())
-    assert 3 * 6 - 4 <= sent <= 3 * 6 + 2, sent
+    window = [r for r in six.requests() if r["time"] >= since]
+    assert 3 * 6 - 4 <= len(window) <= 3 * 6 + 2, len(window)
+    # Spread evenly: every connection had its turn, none twice as often as another.
+    per_connection = Counter(r["path"].rsplit("/", 1)[1].lower() for r in window)
+    assert len(per_connection) == 6
+    assert max(per_connection.values()) - min(per_connection.values()) <= 1, per_connection
     log = exporter.logs()
     assert log.count("api.requests_per_second: 3 per token lets the 6 connections") == 1
     assert "polled every 2s, not every 0.5s" in log
