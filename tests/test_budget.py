@@ -238,6 +238,8 @@ def test_a_pause_shows_on_metrics_while_it_lasts(
     paused = exporter.wait_for(lambda s: (s.value(
         "reflexdb_api_paused_until_timestamp_seconds", **ENV) or 0) > 0)
     until = paused.value("reflexdb_api_paused_until_timestamp_seconds", **ENV)
+    # No api.requests_per_second: no limit series, yet the pause holds all the same.
+    assert paused.value("reflexdb_api_requests_per_second_limit", **ENV) is None
     assert until is not None
     assert time.time() + 1 < until <= time.time() + 4.5
     exporter.wait_for(lambda s: s.value(
