@@ -257,9 +257,12 @@ def test_a_429_without_retry_after_halves_the_rate_which_then_recovers(
     six.control("PUT", "token-fault", {"token": token, "status": 429, "remaining": 1})
     cut = exporter.wait_for(lambda s: (s.value("reflexdb_api_requests_total", code="429",
                                                **ENV) or 0) == 1)
-    assert cut.value("reflexdb_api_requests_per_second_limit", **ENV) == pytest.approx(3.0)
-    exporter.wait_for(lambda s: 3.1 < (s.value("reflexdb_api_requests_per_second_limit",
-                                               **ENV) or 0) <= 4, timeout=20)
+    # Cut to the floor; a good answer or two may have added 4/50 each before this scrape.
+    after_cut = cut.value("reflexdb_api_requests_per_second_limit", **ENV)
+    assert after_cut is not None
+    assert 3.0 <= after_cut < 3.5
+    exporter.wait_for(lambda s: after_cut < (s.value("reflexdb_api_requests_per_second_limit",
+                                                     **ENV) or 0) <= 4, timeout=20)
 
 
 @pytest.mark.e2e
