@@ -179,10 +179,11 @@ class ApiClient:
                 before = budget.waited
                 await budget.acquire()
                 waited += budget.waited - before
-            sent = time.monotonic()
+            sent = asked = time.monotonic()
             try:
                 async with self._slots:
                     sent = time.monotonic()
+                    waited += sent - asked  # for a slot: the poll's duration is the API's time
                     answer = await self._attempt(connection_id, token, previous)
                 if budget is not None:
                     budget.answered("200", time.monotonic() - sent)
