@@ -1,10 +1,11 @@
-"""Each token's API budget: a rate as a token bucket, a pause where a 429 names its end, and
-AIMD where it names none."""
+"""Each token's API budget: a rate with a burst, a pause where a 429 names its end, and AIMD
+where it names none; and the traffic it let through."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ class Budget:
     """
 
     def __init__(self, rate: float | None, burst: int, floor: float, *,
+                 bounds: Sequence[float] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.configured = rate
         self.limit = rate  # in force now: the configured rate, or less after a cut
@@ -37,15 +39,12 @@ class Budget:
         self.paused_until = 0.0  # on the clock above
         self.waited = 0.0  # seconds requests spent waiting for this budget, in all
         self._sent: deque[float] = deque(maxlen=100_000)
-        # The traffic itself, for /metrics: answers by code, and how long they took.
+        # The traffic itself, for /metrics: answers by code, and how long they took, in
+        # buckets with the upper ``bounds`` (and +Inf).
         self.codes: Counter[str] = Counter()
         self.duration_sum = 0.0
-        self._bounds: Sequence[float] = ()
-        self._durations: list[int] = [0]
-
-    def track(self, bounds: Sequence[float]) -> None:
-        """Count request durations in buckets with these upper bounds (and +Inf)."""
-        self._bounds, self._durations = bounds, [0] * (len(bounds) + 1)
+        self._bounds = bounds
+        self._durations = [0] * (len(bounds) + 1)
 
     def answered(self, code: str, seconds: float) -> None:
         """One request's outcome: its HTTP status code (or "error") and its duration."""
@@ -55,11 +54,7 @@ class Budget:
 
     def cumulative(self) -> tuple[int, ...]:
         """Durations at or under each bound, then all of them."""
-        out, total = [], 0
-        for count in self._durations:
-            total += count
-            out.append(total)
-        return tuple(out)
+        return tuple(itertools.accumulate(self._durations))
 
     def paused_until_unix(self) -> float:
         """When the current pause ends as Unix time; 0 when not paused."""

@@ -124,10 +124,10 @@ Name = Annotated[ShortText, Lenient(lambda value: cut(value) or "")]
 # A finite number; a bool, a string, an overflow or a non-finite value reads as None.
 Number = Annotated[Annotated[float, Strict(), Field(allow_inf_nan=False)] | None,
                    Lenient(number)]
-Uuid = Annotated[Annotated[str, Strict(), StringConstraints(pattern=_UUID, to_lower=True)] | None,
-                 Lenient(canonical_id)]
-RecordId = Annotated[Annotated[str, Strict(), StringConstraints(pattern=_UUID, to_lower=True)],
-                     Lenient(record_id)]
+# A canonical UUID, lowered in Rust; anything else is repaired in Python.
+_UuidText = Annotated[str, Strict(), StringConstraints(pattern=_UUID, to_lower=True)]
+Uuid = Annotated[_UuidText | None, Lenient(canonical_id)]
+RecordId = Annotated[_UuidText, Lenient(record_id)]
 # ISO 8601 as Python reads it; a naive time is UTC.
 Timestamp = Annotated[float | None, PlainValidator(timestamp)]
 Raw = Annotated[Annotated[str, Strict()] | None, Lenient(nothing)]  # uncut, read later

@@ -49,7 +49,9 @@ class Poller:
         for source in tokens.values():
             users[source.label] = users.get(source.label, 0) + 1
         # A cut never goes below one request per poll interval for each connection.
-        self.budgets = {label: self.budgets.get(label) or self._budget() for label in users}
+        self.budgets = {label: self.budgets.get(label)
+                        or Budget(self.rate, self.burst, 0.0, bounds=DURATION_BUCKETS)
+                        for label in users}
         for label, count in users.items():
             self.budgets[label].floor = count / self.interval
 
@@ -59,11 +61,6 @@ class Poller:
             if connection_id not in self._tasks:
                 self._tasks[connection_id] = asyncio.create_task(
                     self._loop(connection_id), name=f"poll {connection_id}")
-
-    def _budget(self) -> Budget:
-        budget = Budget(self.rate, self.burst, 0.0)
-        budget.track(DURATION_BUCKETS)
-        return budget
 
     def api_views(self) -> tuple[ApiView, ...]:
         """Each token source's traffic and budget, as the metrics read them."""
