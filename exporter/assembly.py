@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from exporter import deflate
-from exporter.layout import EVERY_POLL, STABLE_FAMILIES
-from exporter.metrics import API_METRICS, EXPORTER_METRICS
+from exporter.layout import Layout
 from exporter.priority import Gate
 from exporter.render import Format, label_block, sample_lines, utf8
 from exporter.spec import IDENTITY_LABELS, ApiView, ExporterView
@@ -123,6 +122,8 @@ def assemble(plan: _Plan) -> Section:
 class Source(Protocol):
     """What assembly reads of the store (store.py): rendered bytes and their versions."""
 
+    @property
+    def layout(self) -> Layout: ...
     @property
     def exporter(self) -> ExporterView: ...
     @property
@@ -227,12 +228,12 @@ class Output:
         store = self.store
         self._formats[fmt.openmetrics] = fmt
         exporter = utf8("".join(fmt.header(spec) + sample_lines(spec, "", store.exporter)
-                                for spec in EXPORTER_METRICS))
+                                for spec in store.layout.exporter))
         section = self._sections.get(fmt.openmetrics)
         stored = section.families if section is not None else []
         rendered = list(store.rendered.values())
         families: list[_Family | _Rebuild] = []
-        for index, spec in enumerate(STABLE_FAMILIES):
+        for index, spec in enumerate(store.layout.stable_families):
             version = store.family_versions[index]
             if index < len(stored) and stored[index].version == version:
                 families.append(stored[index])
@@ -255,11 +256,11 @@ class Output:
         cached = self._every_poll.get(fmt.openmetrics)
         if cached is None or cached[0] != store.every_poll_generation:
             out = []
-            for index, spec in enumerate(EVERY_POLL):
+            for index, spec in enumerate(store.layout.every_poll):
                 out.append(utf8(fmt.header(spec)))
                 out.extend(r.every_poll_chunks[index] for r in store.rendered.values())
             # The API traffic moves with every request: it goes out with the polls' counters.
-            for api in API_METRICS:
+            for api in store.layout.api:
                 out.append(utf8(fmt.header(api) + "".join(
                     sample_lines(api, label_block(IDENTITY_LABELS["api"], (v.token_source,)), v)
                     for v in store.api)))

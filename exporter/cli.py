@@ -16,8 +16,10 @@ from exporter.config import Config, ConfigError, parse_duration
 from exporter.exchange import Limits
 from exporter.fleet import Fleet
 from exporter.http import RESERVED_PATHS
+from exporter.layout import FULL, Layout
 from exporter.preflight import preflight
 from exporter.runtime import Options, Runtime, load_config
+from exporter.selection import parse_selection
 from exporter.server import parse_listen_address, serve
 from exporter.simulator import CONTROL_LIMITS, SimulatorApp, exporter_config, run_fleet
 from exporter.tokens import TOKEN_ENV, TokenSource
@@ -64,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--web.{name.replace('_timeout', '')}-timeout", dest=name,
                             type=parse_duration, default=default,
                             help=f"{meaning} (default {default:g}s)")
+    parser.add_argument("--metric-allowlist", dest="metric_allowlist", metavar="REGEXES",
+                        help="serve only the families whose whole name matches one of these "
+                             "comma-separated regular expressions")
+    parser.add_argument("--metric-denylist", dest="metric_denylist", metavar="REGEXES",
+                        help="serve every family but those whose whole name matches one of "
+                             "these (not together with --metric-allowlist)")
     parser.add_argument("--shard", type=int, default=0,
                         help="which share of the connections this replica polls (0-based)")
     parser.add_argument("--total-shards", dest="total_shards", type=int, default=1,
@@ -92,7 +100,20 @@ def _flag_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--shard: must be from 0 to --total-shards minus 1")
     if args.max_connections < 1:
         problems.append("--web.max-connections: must be at least 1")
+    try:
+        parse_selection(args.metric_allowlist, args.metric_denylist)
+    except ValueError as exc:
+        problems.append(str(exc))
     return problems
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    """The families to serve; a pattern that matches none is worth a warning (a typo)."""
+    selection = parse_selection(args.metric_allowlist, args.metric_denylist)
+    for pattern in selection.unmatched(FULL.names):
+        log.warning("a --metric-allowlist or --metric-denylist pattern matches no family",
+                    extra={"pattern": pattern})
+    return Layout.of(selection.keeps)
 
 
 def _fail(title: str, problems: list[str]) -> int:
@@ -183,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                       config_file=None if args.demo else args.config_file, web=web,
                       tls=tls, limits=limits, enable_lifecycle=args.enable_lifecycle,
                       shard=args.shard, total_shards=args.total_shards,
-                      warn_short_interval=not args.demo)
+                      warn_short_interval=not args.demo, layout=_layout(args))
     if args.demo:
         return asyncio.run(run_demo(options))
     try:

@@ -18,6 +18,7 @@ from exporter.client import ApiClient, tls_verification
 from exporter.config import Config, ConfigError, parse_config
 from exporter.exchange import Handler, Limits
 from exporter.http import ExporterApp
+from exporter.layout import FULL, Layout
 from exporter.logs import Throttle
 from exporter.poller import Poller
 from exporter.priority import Gate
@@ -64,6 +65,7 @@ class Options:
     shard: int = 0
     total_shards: int = 1
     warn_short_interval: bool = True
+    layout: Layout = FULL  # the families served (--metric-allowlist, --metric-denylist)
 
 
 def load_config(path: Path) -> Config:
@@ -101,7 +103,7 @@ class Runtime:
                  sources: dict[str, TokenSource] | None = None) -> None:
         self.options = options
         self.config = config
-        self.store = Store(self._owned(config), config.stale_after)
+        self.store = Store(self._owned(config), config.stale_after, options.layout)
         self.store.set_exporter(replace(self.store.exporter, reload_time=time.time(),
                                         shard=options.shard, total_shards=options.total_shards))
         self._sources = sources

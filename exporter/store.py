@@ -18,15 +18,7 @@ from dataclasses import dataclass, replace
 
 from exporter import deflate
 from exporter.assembly import Output, Section
-from exporter.layout import (
-    ALL_DATABASE_FAMILIES,
-    CLOCK_FAMILIES,
-    EVERY_POLL,
-    FIRST_DATABASE_FAMILY,
-    STABLE_CONNECTION,
-    STABLE_FAMILIES,
-)
-from exporter.metrics import DATABASE_METRICS
+from exporter.layout import FULL, Layout
 from exporter.models import RECORD_FIELDS as _RECORD_FIELDS
 from exporter.models import Connection, Database
 from exporter.priority import Gate
@@ -58,28 +50,30 @@ class _Seen:
 class Rendered:
     """One connection's series as bytes, rendered from its state when a poll lands."""
 
-    def __init__(self, connection_id: str) -> None:
+    def __init__(self, connection_id: str, layout: Layout = FULL) -> None:
         self.id = connection_id
+        self.layout = layout
+        self._first_database = layout.first_database_family
         self.identity = label_block(IDENTITY_LABELS["connection"], (connection_id,))
         self.serving_databases = False  # whether its database series are in the output
-        # Lines of each stable family (STABLE_FAMILIES order) and their raw deflate.
-        self.stable: list[bytes] = [b""] * len(STABLE_FAMILIES)
-        self.deflated: list[bytes] = [b""] * len(STABLE_FAMILIES)
+        # Lines of each stable family (the layout's order) and their raw deflate.
+        self.stable: list[bytes] = [b""] * len(layout.stable_families)
+        self.deflated: list[bytes] = [b""] * len(layout.stable_families)
         self.every_poll_chunks: tuple[bytes, ...] = ()
         self.changed: set[int] = set()  # stable families whose chunk changed; the store clears it
         self._seen: dict[str, _Seen] = {}
         self._order: list[str] = []  # database IDs in the order their lines are stored
         # Where each database's lines end in each database family's chunk; a compact array
         # since there are (databases x families) of them.
-        self._ends: list[array[int]] = [array("I") for _ in DATABASE_METRICS]
+        self._ends: list[array[int]] = [array("I") for _ in layout.database]
 
     def drop_databases(self) -> None:
         """Take every database series out of the output (the data went stale)."""
         self.serving_databases = False
         self._seen, self._order = {}, []
-        self._ends = [array("I") for _ in DATABASE_METRICS]
-        for family in ALL_DATABASE_FAMILIES:
-            self._set(FIRST_DATABASE_FAMILY + family, b"")
+        self._ends = [array("I") for _ in self.layout.database]
+        for family in self.layout.all_database_families:
+            self._set(self._first_database + family, b"")
 
     def _set(self, index: int, chunk: bytes) -> None:
         """Store a stable family's new lines, compressing them only if they differ."""
@@ -90,10 +84,10 @@ class Rendered:
 
     def connection(self, view: ConnectionView) -> None:
         """Lines of every connection family."""
-        for index, spec in enumerate(STABLE_CONNECTION):
+        for index, spec in enumerate(self.layout.stable_connection):
             self._set(index, utf8(sample_lines(spec, self.identity, view)))
         self.every_poll_chunks = tuple(
-            utf8(sample_lines(spec, self.identity, view)) for spec in EVERY_POLL)
+            utf8(sample_lines(spec, self.identity, view)) for spec in self.layout.every_poll)
 
     def databases(self, state: ConnectionState, now: float, families: Sequence[int]) -> None:
         """Lines of the given database families; unchanged databases keep their stored lines.
@@ -125,11 +119,11 @@ class Rendered:
         changed_anywhere: set[str] = set().union(*(c for _, _, c in rows if c is not None))
         scheduled = any(entry.db.pause_schedule is not None for entry, _, _ in rows)
         for family in families:
-            spec = DATABASE_METRICS[family]
+            spec = self.layout.database[family]
             if (in_place and spec.reads and changed_anywhere.isdisjoint(spec.reads)
                     and not (spec.follows_clock and scheduled)):
                 continue
-            old, ends = self.stable[FIRST_DATABASE_FAMILY + family], self._ends[family]
+            old, ends = self.stable[self._first_database + family], self._ends[family]
             pieces, new_ends, total = [], array("I"), 0
             for entry, stored, changed in rows:
                 if (stored is not None and changed is not None
@@ -143,7 +137,7 @@ class Rendered:
                 pieces.append(piece)
                 new_ends.append(total)
             self._ends[family] = new_ends
-            self._set(FIRST_DATABASE_FAMILY + family, b"".join(pieces))
+            self._set(self._first_database + family, b"".join(pieces))
         self._seen, self._order = seen, [db.id for db in data.databases]
         self.serving_databases = True
 
@@ -155,15 +149,17 @@ class Store:
     ``output`` (assembly.py) builds the scrape answers from what is stored here.
     """
 
-    def __init__(self, connection_ids: Iterable[str], stale_after: float) -> None:
+    def __init__(self, connection_ids: Iterable[str], stale_after: float,
+                 layout: Layout = FULL) -> None:
         self.stale_after = stale_after
+        self.layout = layout
         self.exporter = ExporterView()
         self.api: tuple[ApiView, ...] = ()  # each token source's traffic, set by the poller
         self.states: dict[str, ConnectionState] = {}
         self.rendered: dict[str, Rendered] = {}
         self.stable_generation = 0  # moves whenever a stable family's bytes change
         self.every_poll_generation = 0  # moves at every recorded poll
-        self.family_versions = [0] * len(STABLE_FAMILIES)
+        self.family_versions = [0] * len(layout.stable_families)
         self.complete_generation = 0  # the generation at which every connection was polled
         self.output = Output(self)
         self.set_connections(connection_ids)
@@ -178,7 +174,7 @@ class Store:
         rendered = {}
         for cid in ids:
             if (kept := self.rendered.get(cid)) is None:
-                kept = Rendered(cid)
+                kept = Rendered(cid, self.layout)
                 kept.connection(self.states[cid].view())
             rendered[cid] = kept
         self.rendered = rendered
@@ -205,7 +201,7 @@ class Store:
             state.record_success(data, now, duration, retries)
             rendered = self.rendered[connection_id]
             rendered.connection(state.view())
-            rendered.databases(state, now, ALL_DATABASE_FAMILIES)
+            rendered.databases(state, now, self.layout.all_database_families)
             self._recorded(state, rendered)
 
     def unchanged(self, connection_id: str, duration: float, retries: int = 0) -> None:
@@ -218,9 +214,11 @@ class Store:
             rendered.connection(state.view())
             assert state.data is not None
             if not rendered.serving_databases:
-                rendered.databases(state, now, ALL_DATABASE_FAMILIES)  # back after going stale
+                # Back after going stale.
+                rendered.databases(state, now, self.layout.all_database_families)
             elif any(db.pause_schedule is not None for db in state.data.databases):
-                rendered.databases(state, now, CLOCK_FAMILIES)  # pause windows follow the clock
+                # Pause windows follow the clock.
+                rendered.databases(state, now, self.layout.clock_families)
             self._recorded(state, rendered)
 
     def failure(self, connection_id: str, reason: str, duration: float,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from exporter import assembly, deflate
 from exporter import store as store_module
-from exporter.layout import EVERY_POLL, FIRST_DATABASE_FAMILY, STABLE_FAMILIES
+from exporter.layout import FULL
 from exporter.metrics import API_METRICS, DATABASE_METRICS, EXPORTER_METRICS
 from exporter.models import parse_connection
 from exporter.priority import Gate
@@ -75,12 +75,12 @@ def _reference(store: Store, fmt: Any) -> bytes:
                 IDENTITY_LABELS["database"], (state.id, db.id, db.name)), DatabaseView(
                 db, state.status_since[db.id][1], 0)) for db in state.data.databases).encode()
                 for spec in DATABASE_METRICS]
-        rows[state.id] = (*rendered.stable[:FIRST_DATABASE_FAMILY], *databases)
+        rows[state.id] = (*rendered.stable[:FULL.first_database_family], *databases)
     out = [exporter.encode()]
-    for family, spec in enumerate(STABLE_FAMILIES):
+    for family, spec in enumerate(FULL.stable_families):
         out.append(fmt.header(spec).encode())
         out.extend(row[family] for row in rows.values())
-    for family, spec in enumerate(EVERY_POLL):
+    for family, spec in enumerate(FULL.every_poll):
         out.append(fmt.header(spec).encode())
         out.extend(r.every_poll_chunks[family] for r in store.rendered.values())
     for api in API_METRICS:
