@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                       config_file=None if args.demo else args.config_file, web=web,
                       tls=tls, limits=limits, enable_lifecycle=args.enable_lifecycle,
                       shard=args.shard, total_shards=args.total_shards,
-                      warn_short_interval=not args.demo, layout=_layout(args))
+                      warn_short_interval=not args.demo, demo=args.demo, layout=_layout(args))
     if args.demo:
         return asyncio.run(run_demo(options))
     try:

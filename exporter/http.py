@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import html
-import time
 from collections.abc import Awaitable, Callable
 
-from exporter import __version__
+from exporter import page
 from exporter.exchange import Request, Response
 from exporter.render import negotiate
 from exporter.store import Store
@@ -28,20 +26,17 @@ def accepts_gzip(header: str | None) -> bool:
     return False
 
 
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
-
-
 class ExporterApp:
     """Routes requests; a scrape only joins bytes the poller already rendered."""
 
     def __init__(self, store: Store, telemetry_path: str = "/metrics",
-                 reload: Callable[[], Awaitable[tuple[bool, str]]] | None = None) -> None:
+                 reload: Callable[[], Awaitable[tuple[bool, str]]] | None = None, *,
+                 refresh: Callable[[], float] = lambda: 60.0, demo: bool = False) -> None:
         self.store = store
         self.telemetry_path = telemetry_path
         self.reload = reload
+        self.refresh = refresh  # the poll interval now: how often the page reloads itself
+        self.demo = demo
 
     async def __call__(self, request: Request) -> Response:
         """Answer one request."""
@@ -78,39 +73,7 @@ class ExporterApp:
                         headers)
 
     def landing(self) -> Response:
-        """A page with the version, the metrics link and every connection's state."""
-        rows = []
-        for state in self.store.states.values():
-            name = state.data.name if state.data and state.data.name else ""
-            databases = str(len(state.data.databases)) if state.data else ""
-            status = ("up" if state.up else "down") if state.polled else "not polled yet"
-            rows.append(
-                "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in (
-                    state.id, name, status, databases, _when(state.last_success),
-                    state.last_failure_reason or "")) + "</tr>")
-        budgets = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in (
-                api.token_source, "none" if api.limit is None else f"{api.limit:g}/s",
-                f"{api.recent_rate:.2f}/s", str(sum(n for _, n in api.requests)),
-                _when(api.paused_until) if api.paused_until else "")) + "</tr>"
-            for api in self.store.api)
-        path = html.escape(self.telemetry_path)
-        page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>ReflexDB Exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
-<body><h1>ReflexDB Exporter</h1>
-<p>Version {html.escape(__version__)}. Metrics: <a href="{path}">{path}</a>.
-Health: <a href="/-/healthy">/-/healthy</a>, readiness: <a href="/-/ready">/-/ready</a>.</p>
-<p>Metrics come from the latest background poll of each connection, not from the API at
-scrape time.</p>
-<table><thead><tr><th>Connection</th><th>Name</th><th>State</th><th>Databases</th>
-<th>Last success</th><th>Last failure reason</th></tr></thead>
-<tbody>{"".join(rows)}</tbody></table>
-<h2>API budget per token</h2>
-<table><thead><tr><th>Token source</th><th>Budget</th><th>Rate (last minute)</th>
-<th>Requests</th><th>Paused until</th></tr></thead>
-<tbody>{budgets}</tbody></table>
-</body></html>
-"""
-        return Response(200, page.encode(), "text/html; charset=utf-8")
+        """The status page (page.py)."""
+        body = page.render(self.store, telemetry_path=self.telemetry_path,
+                           refresh=self.refresh(), demo=self.demo)
+        return Response(200, body, "text/html; charset=utf-8")

@@ -65,6 +65,7 @@ class Options:
     shard: int = 0
     total_shards: int = 1
     warn_short_interval: bool = True
+    demo: bool = False  # the landing page says so
     layout: Layout = FULL  # the families served (--metric-allowlist, --metric-denylist)
 
 
@@ -140,7 +141,8 @@ class Runtime:
         """Bind the listener and start polling; returns the bound port."""
         handler: Handler = ExporterApp(
             self.store, self.options.telemetry_path,
-            reload=self.reload if self.options.enable_lifecycle else None)
+            reload=self.reload if self.options.enable_lifecycle else None,
+            refresh=lambda: self.config.poll_interval, demo=self.options.demo)
         context = self.options.tls
         web = self.options.web
         if web is not None:

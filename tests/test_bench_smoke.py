@@ -24,6 +24,7 @@ TARGET_ROWS = (
     "p99 scrape, every answer changing, plain text",
     "p99 scrape, every answer changing, gzip",
     "Change visible on /metrics",
+    "Landing page, exporter CPU per view",
 )
 
 
