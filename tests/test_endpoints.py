@@ -12,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 
+from exporter import __version__
 from tests.conftest import (
     Exporter,
     Simulator,
@@ -89,10 +90,10 @@ def test_landing_page_lists_connections(simulator: Simulator, exporter: Exporter
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert 'href="/metrics"' in page.text
-    assert "Version" in page.text
+    assert f"Version {__version__}." in page.text
     for connection_id in simulator.connection_ids:
         assert connection_id.lower() in page.text
-    assert page.text.count("<td>up</td>") == 3
+    assert page.text.count('<td class="green">up</td>') == 3
 
 
 def test_health_ready_and_unknown_paths(exporter: Exporter) -> None:
