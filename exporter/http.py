@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from exporter import page
+from exporter import discovery, page
 from exporter.exchange import Request, Response
 from exporter.render import negotiate
 from exporter.store import Store
 
 # Paths the exporter serves itself; the telemetry path may not take one of them.
-RESERVED_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload")
+RESERVED_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload", discovery.PATH)
 
 
 def accepts_gzip(header: str | None) -> bool:
@@ -37,6 +37,7 @@ class ExporterApp:
         self.reload = reload
         self.refresh = refresh  # the poll interval now: how often the page reloads itself
         self.demo = demo
+        self.discovery = discovery.Discovery(store)
 
     async def __call__(self, request: Request) -> Response:
         """Answer one request."""
@@ -53,6 +54,8 @@ class ExporterApp:
             return self.metrics(request)
         if request.path == "/":
             return self.landing()
+        if request.path == discovery.PATH:
+            return self.targets(request)
         if request.path == "/-/healthy":
             return Response(200, b"Healthy.\n")
         if request.path == "/-/ready":
@@ -71,6 +74,14 @@ class ExporterApp:
                             headers)
         return Response(200, [*self.store.parts(fmt), fmt.process_metrics()], fmt.content_type,
                         headers)
+
+    def targets(self, request: Request) -> Response:
+        """Prometheus HTTP service discovery: every database endpoint, filtered."""
+        try:
+            filters = discovery.Filters.parse(request.query)
+        except discovery.BadQuery as exc:
+            return Response(400, f"{exc}\n".encode())
+        return Response(200, self.discovery.answer(filters), "application/json")
 
     def landing(self) -> Response:
         """The status page (page.py)."""

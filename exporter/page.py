@@ -197,7 +197,9 @@ def render(store: Store, *, telemetry_path: str, refresh: float, demo: bool,
 <h2>API budget per token</h2>
 <table><thead><tr><th>Token source</th><th>Budget</th><th>Rate (last minute)</th>
 <th>Requests</th><th>Paused until</th></tr></thead><tbody>{budgets}</tbody></table>
-<p>Version {html.escape(__version__)}. Metrics: <a href="{path}">{path}</a>. Health:
+<p>Version {html.escape(__version__)}. Metrics: <a href="{path}">{path}</a>. Endpoints for
+Prometheus HTTP service discovery: <a href="/sd/databases">/sd/databases</a>
+(<a href="/sd/databases?status=running">running only</a>). Health:
 <a href="/-/healthy">/-/healthy</a>, readiness: <a href="/-/ready">/-/ready</a>. Everything
 here comes from the latest background poll of each connection, not from the API now; the
 page reloads itself every {every} s.</p>

@@ -158,6 +158,9 @@ class Store:
         self.states: dict[str, ConnectionState] = {}
         self.rendered: dict[str, Rendered] = {}
         self.stable_generation = 0  # moves whenever a stable family's bytes change
+        # Moves whenever the databases served change, whatever families are served: what the
+        # service discovery answer (discovery.py) is cached on.
+        self.data_generation = 0
         self.every_poll_generation = 0  # moves at every recorded poll
         self.family_versions = [0] * len(layout.stable_families)
         self.complete_generation = 0  # the generation at which every connection was polled
@@ -178,6 +181,7 @@ class Store:
                 kept.connection(self.states[cid].view())
             rendered[cid] = kept
         self.rendered = rendered
+        self.data_generation += 1
         self.family_versions = [v + 1 for v in self.family_versions]
         self.every_poll_generation += 1
         self.set_exporter(replace(self.exporter, connections=len(self.states)))
@@ -202,6 +206,7 @@ class Store:
             rendered = self.rendered[connection_id]
             rendered.connection(state.view())
             rendered.databases(state, now, self.layout.all_database_families)
+            self.data_generation += 1
             self._recorded(state, rendered)
 
     def unchanged(self, connection_id: str, duration: float, retries: int = 0) -> None:
@@ -216,6 +221,7 @@ class Store:
             if not rendered.serving_databases:
                 # Back after going stale.
                 rendered.databases(state, now, self.layout.all_database_families)
+                self.data_generation += 1
             elif any(db.pause_schedule is not None for db in state.data.databases):
                 # Pause windows follow the clock.
                 rendered.databases(state, now, self.layout.clock_families)
@@ -238,6 +244,7 @@ class Store:
             if state.stale_at is not None and state.expire(now):
                 rendered = self.rendered[state.id]
                 rendered.drop_databases()
+                self.data_generation += 1
                 self._recorded(state, rendered)
 
     def _recorded(self, state: ConnectionState, rendered: Rendered) -> None:
