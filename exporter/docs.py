@@ -117,8 +117,9 @@ def totals() -> tuple[int, int, int, int, int]:
     """Series per database (every optional field missing, typical, every one set with two
     tags) and per connection (before its first poll, once answered and failed)."""
     before, after = _connection_views()
-    return (*(sum(_count(s, view) for s in DATABASE_METRICS) for view in _database_views()),
-            sum(_count(s, before) for s in CONNECTION_METRICS),
+    bare, typical, full = (sum(_count(s, view) for s in DATABASE_METRICS)
+                           for view in _database_views())
+    return (bare, typical, full, sum(_count(s, before) for s in CONNECTION_METRICS),
             sum(_count(s, after) for s in CONNECTION_METRICS))
 
 
@@ -127,8 +128,9 @@ def _state_sets() -> list[str]:
     _, _, full_db = _database_views()
     _, after = _connection_views()
     rows = []
-    for spec, view in [*((s, full_db) for s in DATABASE_METRICS),
-                       *((s, after) for s in CONNECTION_METRICS)]:
+    pairs: list[tuple[MetricSpec[Any], object]] = [
+        *((s, full_db) for s in DATABASE_METRICS), *((s, after) for s in CONNECTION_METRICS)]
+    for spec, view in pairs:
         samples = list(spec.samples(view))
         if len(spec.labels) == 1 and len(samples) > 2:
             values = ", ".join(f"`{labels[0]}`" for labels, _ in samples)
