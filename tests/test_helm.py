@@ -441,13 +441,16 @@ def test_rendered_shards_run_and_split_the_fleet(render: Callable[..., list[Doc]
         for ordinal, url in enumerate(_start_pods(docs, tmp_path, pods)):
             mine = owned([c["id"].lower() for c in connections], ordinal, 2)
 
-            def exported(url: str = url) -> set[str] | None:
+            def exported(url: str = url) -> set[str]:
                 scrape = parse_exposition(httpx.get(f"{url}/metrics", timeout=5).text)
-                ids = {labels["connection_id"] for labels, up in
-                       scrape.series("reflexdb_connection_up") if up == 1}
-                return ids or None
+                return {labels["connection_id"] for labels, up in
+                        scrape.series("reflexdb_connection_up") if up == 1}
 
-            assert wait_until(exported, 30, f"shard {ordinal}") == set(mine)
+            # Its first polls are spread over a few seconds: wait for all of them, then
+            # check that nothing else is exported.
+            wait_until(lambda url=url, mine=mine: exported(url) >= set(mine), 30,
+                       f"shard {ordinal}")
+            assert exported(url) == set(mine)
     finally:
         for pod in pods:
             pod.stop()
@@ -518,3 +521,34 @@ def test_notes_warn_when_token_or_connections_are_missing(helm: Path, tmp_path: 
     sharded = rendered("--set", "shards=3", "--set", "existingSecret=s")
     assert "3 shards, pods r-reflexdb-exporter-0 to r-reflexdb-exporter-2" in sharded
     assert "WARNING: no API token" not in sharded
+
+
+def test_probe_job_is_the_example_job_pointed_at_the_release(
+        render: Callable[..., list[Doc]], tmp_path: Path) -> None:
+    """endpointProbes renders examples/blackbox/prometheus.yml's job (read through a symlink)
+    as a plain scrape config that promtool accepts, discovering from this release's Service
+    with the statuses asked for and probing through the blackbox_exporter named."""
+    link = CHART / "files" / "blackbox" / "prometheus.yml"
+    assert link.is_symlink()
+    assert link.resolve() == (ROOT / "examples" / "blackbox" / "prometheus.yml").resolve()
+    docs = render(None, CHART / "ci" / "operator-values.yaml")
+    secret = next(s for s in of_kind(docs, "Secret")
+                  if s["metadata"]["name"].endswith("-probe-scrape-config"))
+    job, = yaml.safe_load(secret["stringData"]["scrape-configs.yaml"])
+    example, = yaml.safe_load(link.read_text(encoding="utf-8"))["scrape_configs"]
+    sd, = job["http_sd_configs"]
+    assert sd["url"] == ("http://reflexdb-reflexdb-exporter.monitoring.svc:10510/sd/databases"
+                         "?status=running&status=degraded")
+    address = [r for r in job["relabel_configs"] if r.get("target_label") == "__address__"]
+    assert address == [{"target_label": "__address__",
+                        "replacement": "blackbox.monitoring.svc:9115"}]
+    assert [r for r in job["relabel_configs"] if r not in address] == [
+        r for r in example["relabel_configs"] if r.get("target_label") != "__address__"]
+    assert (job["job_name"], job["metrics_path"]) == (example["job_name"], "/probe")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"scrape_configs": [job]}), encoding="utf-8")
+    done = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not any(s["metadata"]["name"].endswith("-probe-scrape-config")
+                   for s in of_kind(render(), "Secret"))
