@@ -20,6 +20,20 @@ TAGS = (("prod", "red"), ("staging", "yellow"), ("team-data", "blue"), ("pii", "
         ("reporting", "teal"))
 TASK_SIZES = {"nano": (256, 512), "small": (512, 1024), "medium": (1024, 2048),
               "large": (2048, 4096), "xlarge": (4096, 8192), "2xlarge": (8192, 16384)}
+# What --attention gives the databases that need attention, in turn: (status, healthStatus,
+# desiredState, lastError); the fourth kind is a transition, one of TRANSITIONS in turn. The
+# errors hold characters that HTML must escape, so the pages that show them prove they do.
+AttentionKind = tuple[str, str | None, str | None, str | None]
+ATTENTION_KINDS: tuple[AttentionKind, ...] = (
+    ("failed", "unreachable", "running",
+     'task exited: OutOfMemoryError <oom-killer> & "restart" limit'),
+    ("running", "degraded", None, 'replication lag 95 s > 60 s & rising on <binlog "main">'),
+    ("running", "cap_exceeded", None,
+     'row cap exceeded: 1000000 > 999999 & "writes" paused <plan limit>'),
+    ("transition", None, None, None),
+)
+TRANSITIONS = (("building", "running"), ("deploying", "running"), ("resuming", "running"),
+               ("pausing", "paused"))
 
 
 def _iso(timestamp: float) -> str:
@@ -63,7 +77,8 @@ class Fleet:
     """A seeded fleet of connections whose databases move through their lifecycle."""
 
     def __init__(self, connections: int, databases: int, seed: int, token: str, *,
-                 churn: int = 0, touch_all: bool = False) -> None:
+                 churn: int = 0, touch_all: bool = False,
+                 attention: float | None = None) -> None:
         self.rng = random.Random(seed)
         self.token = token
         self.churn = churn  # databases replaced per connection at every tick
@@ -93,6 +108,36 @@ class Fleet:
             }
             records = [self._new_database(fields, n, now) for n in range(databases)]
             self.connections[connection_id.lower()] = SimConnection(fields, records, token)
+        if attention is not None:
+            self._set_attention(attention, seed)
+
+    def _set_attention(self, fraction: float, seed: int) -> None:
+        """Make exactly ``round(fraction * databases)`` databases need attention and every
+        other one running with health ok (a fleet whose share in trouble is known).
+
+        The chosen databases, spread over the fleet by their own seeded draw, take the kinds
+        of ATTENTION_KINDS in turn: failed and unreachable, running but degraded or over its
+        cap (each with a lastError), or a transitional status with no health yet. The rest
+        of each record (names, sizes, regions, schedules) stays as generated.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"attention must be a fraction from 0 to 1, not {fraction}")
+        records = [r for c in self.connections.values() for r in c.databases]
+        chosen = random.Random(f"attention-{seed}").sample(
+            range(len(records)), round(fraction * len(records)))
+        kinds: dict[int, AttentionKind] = {}
+        for turn, index in enumerate(chosen):
+            kind = ATTENTION_KINDS[turn % len(ATTENTION_KINDS)]
+            if kind[0] == "transition":
+                moving, goal = TRANSITIONS[turn // len(ATTENTION_KINDS) % len(TRANSITIONS)]
+                kind = (moving, None, goal, None)
+            kinds[index] = kind
+        for index, record in enumerate(records):
+            status, health, desired, error = kinds.get(index, ("running", "ok", None, None))
+            record.update(status=status, healthStatus=health, desiredState=desired,
+                          lastError=error,
+                          endpointUrl=f"https://{record['name']}.db.reflexdb.cloud"
+                          if status == "running" else None)
 
     def _new_database(self, connection: dict[str, Any], index: int, now: float) -> dict[str, Any]:
         rng = self.rng

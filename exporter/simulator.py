@@ -182,7 +182,7 @@ async def run_fleet(fleet: Fleet, tick: float) -> None:
 
 async def _main(args: argparse.Namespace, token: str) -> None:
     fleet = Fleet(args.connections, args.databases, args.seed, token, churn=args.churn,
-                  touch_all=args.touch_all)
+                  touch_all=args.touch_all, attention=args.attention)
     host, port = parse_listen_address(args.listen_address)
     context = None
     if args.tls_cert_file:
@@ -211,6 +211,14 @@ async def _main(args: argparse.Namespace, token: str) -> None:
         await server.wait_closed()
 
 
+def _fraction(text: str) -> float:
+    """A number from 0 to 1, for --attention."""
+    number = float(text)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction from 0 to 1")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator on its own, e.g. as a docker-compose service."""
     parser = argparse.ArgumentParser(prog="reflexdb-simulator", description=__doc__.split("\n")[0])
@@ -226,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--touch-all", action="store_true",
                         help="move every record's updatedAt at every tick, so every answer "
                              "changes (benchmarks' worst case)")
+    parser.add_argument("--attention", type=_fraction, metavar="FRACTION",
+                        help="start with exactly this fraction of the databases needing "
+                             "attention (failed, degraded, cap_exceeded or in transition, "
+                             "with a lastError where failed or unhealthy) and every other one "
+                             "running with health ok; add --static to keep it so")
     parser.add_argument("--token-file", type=Path,
                         help=f"the accepted token (default: ${SIMULATOR_TOKEN_ENV} or "
                              f"{DEFAULT_TOKEN!r})")
