@@ -20,6 +20,8 @@ from tests.conftest import ROOT, Process, free_port, wait_until
 
 PROMETHEUS_DIR = ROOT / "prometheus"
 ALERTS_FILE = PROMETHEUS_DIR / "alerts.yml"
+RECORDING_FILE = PROMETHEUS_DIR / "rules.yml"
+RULES_FILES = (ALERTS_FILE, RECORDING_FILE)
 ALERTMANAGER_FILE = PROMETHEUS_DIR / "alertmanager.yml"
 RULE_TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -47,6 +49,12 @@ def alert_rules() -> list[dict[str, Any]]:
     """Every alerting rule of prometheus/alerts.yml."""
     doc = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
     return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    """Every recording rule of prometheus/rules.yml, in order."""
+    doc = yaml.safe_load(RECORDING_FILE.read_text(encoding="utf-8"))
+    return [rule for group in doc["groups"] for rule in group["rules"] if "record" in rule]
 
 
 def write_rules_with_for(dest: Path, duration: str, overrides: dict[str, str]) -> Path:
@@ -82,17 +90,26 @@ class PromQLError(Exception):
 
 
 class PrometheusServer:
-    """Debian's prometheus scraping some targets as job "reflexdb", every second."""
+    """Debian's prometheus scraping some targets as job "reflexdb", every second.
+
+    ``keep`` is a regular expression of metric names: the scrape keeps only those (a
+    metric_relabel_configs keep), which spares memory on a large fleet.
+    """
 
     def __init__(self, tmp: Path, targets: list[str], rule_files: Iterable[Path] = (),
-                 alertmanager: str | None = None, interval: str = "1s") -> None:
+                 alertmanager: str | None = None, interval: str = "1s", *,
+                 keep: str | None = None) -> None:
         self.dir = tmp / f"prometheus-{free_port()}"
         self.dir.mkdir()
+        job: dict[str, Any] = {"job_name": JOB, "static_configs": [{"targets": targets}]}
+        if keep is not None:
+            job["metric_relabel_configs"] = [
+                {"source_labels": ["__name__"], "regex": keep, "action": "keep"}]
         config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "scrape_timeout": interval,
                        "evaluation_interval": interval},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [job],
         }
         if alertmanager:
             config["alerting"] = {"alertmanagers": [
@@ -116,6 +133,26 @@ class PrometheusServer:
         if body.get("status") != "success":
             raise PromQLError(f"{body.get('errorType')}: {body.get('error')}\n{expr}")
         return list(body["data"]["result"])
+
+    def query_range(self, expr: str, start: float, end: float,
+                    step: float) -> list[dict[str, Any]]:
+        """The result of a range query, as a graph or state-timeline panel runs it."""
+        response = self.http.get("/api/v1/query_range", params={
+            "query": expr, "start": start, "end": end, "step": step})
+        body = response.json()
+        if body.get("status") != "success":
+            raise PromQLError(f"{body.get('errorType')}: {body.get('error')}\n{expr}")
+        return list(body["data"]["result"])
+
+    def label_values(self, label: str, match: str, start: float, end: float) -> list[str]:
+        """A label's values among the series that ``match`` selects over [start, end], as
+        Grafana's label_values(match, label) asks for them."""
+        response = self.http.get(f"/api/v1/label/{label}/values", params={
+            "match[]": match, "start": start, "end": end})
+        body = response.json()
+        if body.get("status") != "success":
+            raise PromQLError(f"{body.get('errorType')}: {body.get('error')}\n{match}")
+        return list(body["data"])
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts Prometheus holds now, pending or firing."""

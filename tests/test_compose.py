@@ -121,8 +121,9 @@ def test_exporter_config_lists_exactly_the_simulated_connections() -> None:
 
 
 def test_promtool_accepts_the_mounted_prometheus_config(tmp_path: Path) -> None:
-    """promtool check config passes on prometheus.yml with its rules where the container
-    has them, and it scrapes the exporter and alerts the Alertmanager of the stack."""
+    """promtool check config passes on prometheus.yml with its alerting and recording rules
+    where the container has them, and it scrapes the exporter and alerts the Alertmanager of
+    the stack."""
     copy_mounts("prometheus", tmp_path)
     container_path = flags(service("prometheus")["command"])["--config.file"]
     config_path = tmp_path / PurePosixPath(container_path).relative_to("/")
@@ -133,7 +134,9 @@ def test_promtool_accepts_the_mounted_prometheus_config(tmp_path: Path) -> None:
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     result = run_tool("promtool", "check", "config", config_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 1 rule files found" in result.stdout + result.stderr
+    assert "SUCCESS: 2 rule files found" in result.stdout + result.stderr
+    loaded = {PurePosixPath(rule).name for rule in config["rule_files"]}
+    assert loaded == {"alerts.yml", "rules.yml"}, "the alerts and the recording rules"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["reflexdb"]["static_configs"][0]["targets"] == ["exporter:10510"]
     (alerting,) = config["alerting"]["alertmanagers"]

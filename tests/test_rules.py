@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,11 +12,12 @@ import yaml
 from exporter.metrics import ALL_METRICS
 from tests.alerting_helpers import (
     ALERTMANAGER_FILE,
-    ALERTS_FILE,
     RULE_TEST_FILES,
+    RULES_FILES,
     RUNBOOK,
     RUNBOOK_URL,
     alert_rules,
+    recording_rules,
     run_tool,
 )
 
@@ -35,6 +37,8 @@ REQUIRED_ALERTS = {
 DATABASE_LABELS = ("connection_id", "database_id", "database_name")
 ALERTS = alert_rules()
 ALERT_IDS = [rule["alert"] for rule in ALERTS]
+RECORDS = recording_rules()
+RECORD_IDS = [rule["record"] for rule in RECORDS]
 
 
 def github_anchor(heading: str) -> str:
@@ -56,20 +60,33 @@ def rule_tests() -> list[dict[str, Any]]:
             for test in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]]
 
 
-def test_promtool_check_rules_is_clean() -> None:
-    """promtool accepts prometheus/alerts.yml without a warning."""
-    result = run_tool("promtool", "check", "rules", ALERTS_FILE)
+@pytest.mark.parametrize("path", RULES_FILES, ids=lambda p: p.name)
+def test_promtool_check_rules_is_clean(path: Path) -> None:
+    """promtool accepts the rules file (alerts.yml, rules.yml) without a warning."""
+    result = run_tool("promtool", "check", "rules", path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     assert "WARNING" not in (result.stdout + result.stderr).upper()
 
 
+def test_rule_group_names_are_unique_across_files() -> None:
+    """No two groups of alerts.yml and rules.yml share a name, so one PrometheusRule (the
+    Helm chart's) can hold them all."""
+    names = [group["name"] for path in RULES_FILES
+             for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]]
+    assert len(names) == len(set(names)), names
+
+
 def test_promtool_rule_unit_tests_pass() -> None:
-    """Every promtool unit test under prometheus/tests passes against alerts.yml."""
+    """Every promtool unit test under prometheus/tests passes against alerts.yml and
+    rules.yml."""
     assert RULE_TEST_FILES, "no promtool test files under prometheus/tests"
     result = run_tool("promtool", "test", "rules", *RULE_TEST_FILES)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TEST_FILES), result.stdout
+    loaded = {(path.parent / rule).resolve() for path in RULE_TEST_FILES
+              for rule in yaml.safe_load(path.read_text(encoding="utf-8"))["rule_files"]}
+    assert loaded == {path.resolve() for path in RULES_FILES}, "a rules file is never tested"
 
 
 def test_amtool_accepts_alertmanager_example() -> None:
@@ -134,6 +151,45 @@ def test_database_alert_names_database_and_connection(rule: dict[str, Any]) -> N
     for text in (rule["annotations"]["summary"], rule["annotations"]["description"]):
         assert "$labels.database_name" in text
         assert "$labels.connection_name" in text
+
+
+def _output_labels(expr: str) -> list[str]:
+    """The labels a recording rule's outermost aggregation keeps: its ``by (...)`` list, and
+    the label count_values adds."""
+    match = re.match(r"\s*(\w+)\s+by\s*\(([^)]*)\)\s*\(", expr)
+    assert match, f"the rule does not start with an aggregation by (...): {expr}"
+    labels = [label.strip() for label in match.group(2).split(",")]
+    if match.group(1) == "count_values":
+        added = re.match(r'\s*"(\w+)"', expr[match.end():])
+        assert added, expr
+        labels.append(added.group(1))
+    return labels
+
+
+@pytest.mark.parametrize("rule", RECORDS, ids=RECORD_IDS)
+def test_recording_rule_is_named_level_metric_operations(rule: dict[str, Any]) -> None:
+    """A recording rule is named level:metric:operations: the level lists the labels it
+    keeps, in order, the metric is one the exporter exports (or a rule above), and the
+    operation is the outermost aggregation."""
+    level, metric, operations = rule["record"].split(":")
+    expr = rule["expr"]
+    assert level == "_".join(_output_labels(expr))
+    contract = {spec.name for spec in ALL_METRICS}
+    assert metric in contract, metric
+    assert re.search(rf"\b{metric}\b", expr), f"{metric} is not what the rule reads"
+    outermost = re.match(r"\s*(\w+)", expr)
+    assert outermost
+    summed = re.fullmatch(r"\s*sum by \([^)]*\) \(\s*\w+:\w+:(count)\s*\)\s*", expr)
+    # Counts added up are still counts: the docs drop `sum` beside another operation.
+    assert operations == (summed.group(1) if summed else outermost.group(1))
+    assert set(re.findall(r"\breflexdb_[a-z_]+\b", expr)) <= contract
+
+
+def test_every_recording_rule_is_tested() -> None:
+    """Each recording rule is the expression of at least one promtool promql_expr_test."""
+    tested = {case["expr"].strip() for test in rule_tests()
+              for case in test.get("promql_expr_test", [])}
+    assert set(RECORD_IDS) <= tested, f"never tested: {set(RECORD_IDS) - tested}"
 
 
 def test_alert_expressions_use_only_exported_metrics() -> None:
