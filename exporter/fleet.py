@@ -58,6 +58,7 @@ class Fault:
     content_type: str = JSON
     delay: float = 0.0
     truncate: bool = False
+    chunked: bool = False  # sent with Transfer-Encoding: chunked, so with no Content-Length
     headers: dict[str, str] = field(default_factory=dict)
     remaining: int | None = None
 
@@ -85,6 +86,9 @@ class Fleet:
         self.touch_all = touch_all  # every record's updatedAt moves at every tick
         self.ticks = 0
         self.connections: dict[str, SimConnection] = {}
+        # With serve_endpoints: the simulator answers each running database's endpointUrl.
+        self.endpoint_base: str | None = None
+        self.silent: set[str] = set()  # databases whose endpoint stops answering
         now = time.time()
         for index in range(connections):
             upper = index % 2 == 1  # some answers use uppercase IDs, as the reference's example
@@ -136,8 +140,7 @@ class Fleet:
             status, health, desired, error = kinds.get(index, ("running", "ok", None, None))
             record.update(status=status, healthStatus=health, desiredState=desired,
                           lastError=error,
-                          endpointUrl=f"https://{record['name']}.db.reflexdb.cloud"
-                          if status == "running" else None)
+                          endpointUrl=self.endpoint(record) if status == "running" else None)
 
     def _new_database(self, connection: dict[str, Any], index: int, now: float) -> dict[str, Any]:
         rng = self.rng
@@ -155,7 +158,7 @@ class Fleet:
             schedule = {"pauseAt": _hhmm(start), "resumeAt": _hhmm(start + length),
                         "days": rng.choice(([], [1, 2, 3, 4, 5], [0, 6]))}
         name = f"{rng.choice(NAMES)}-{index}"
-        return {
+        record = {
             "id": _uuid(rng, upper), "customerId": connection["customerId"],
             "connectionId": connection["id"], "name": name,
             "mysqlDb": rng.choice(connection["availableSchemas"] or ["main"]),
@@ -164,7 +167,7 @@ class Fleet:
             "taskCpu": cpu, "taskMemoryMb": memory,
             "logLevel": rng.choice(("info", "info", "debug", "warn")),
             "status": status, "lastError": None,
-            "endpointUrl": f"https://{name}.db.reflexdb.cloud" if status == "running" else None,
+            "endpointUrl": None,
             "healthStatus": "ok" if status == "running" else None,
             "buildComputeOverride": rng.choice((None, None, "BUILD_GENERAL1_LARGE")),
             "instanceSize": size, "region": rng.choice(REGIONS),
@@ -176,6 +179,35 @@ class Fleet:
                      for label, color in rng.sample(TAGS, rng.randint(0, 2))],
             "createdAt": _iso(created), "updatedAt": _iso(created),
         }
+        if status == "running":
+            record["endpointUrl"] = self.endpoint(record)
+        return record
+
+    def endpoint(self, record: dict[str, Any]) -> str:
+        """A database's endpointUrl: a reflexdb.cloud name, or one the simulator answers."""
+        if self.endpoint_base is not None:
+            return f"{self.endpoint_base}/_endpoints/{str(record['id']).lower()}"
+        return f"https://{record['name']}.db.reflexdb.cloud"
+
+    def serve_endpoints(self, base: str) -> None:
+        """Give every database that has an endpoint one under ``base`` (the simulator's own
+        URL, or the name other hosts reach it by), answered by ``endpoint_status``."""
+        self.endpoint_base = base.rstrip("/")
+        for connection in self.connections.values():
+            for record in connection.databases:
+                if isinstance(record, dict) and record.get("endpointUrl"):
+                    record["endpointUrl"] = self.endpoint(record)
+
+    def endpoint_status(self, database_id: str) -> int:
+        """What a probe of the database's endpoint gets: 200 while it runs and answers,
+        503 otherwise, 404 for a database the fleet does not have."""
+        wanted = database_id.lower()
+        for connection in self.connections.values():
+            for record in connection.databases:
+                if isinstance(record, dict) and str(record.get("id", "")).lower() == wanted:
+                    running = record.get("status") == "running"
+                    return 200 if running and wanted not in self.silent else 503
+        return 404
 
     def find(self, connection_id: str) -> SimConnection | None:
         """A connection by ID, in any case."""
@@ -219,7 +251,7 @@ class Fleet:
             db.update(status="deploying")
         elif status in ("deploying", "resuming") and rng.random() < 0.4:
             db.update(status="running", healthStatus="ok", desiredState=None,
-                      endpointUrl=db["endpointUrl"] or f"https://{db['name']}.db.reflexdb.cloud")
+                      endpointUrl=db["endpointUrl"] or self.endpoint(db))
         elif status == "running" and in_window:
             db.update(status="pausing", desiredState="paused")
         elif status == "pausing":

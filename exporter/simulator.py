@@ -2,7 +2,9 @@
 
 ``GET /v1/connections/{id}`` answers as the API reference describes (camelCase fields, nulls
 where nullable, bearer-token check, ``{error, message}`` bodies). Under ``/_sim/`` tests patch
-records, inject faults and read the requests the simulator received.
+records, inject faults and read the requests the simulator received. With
+``--serve-endpoints``, ``/_endpoints/{database id}`` stands in for each running database's
+endpoint, so blackbox_exporter has something real to probe.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class SimulatorApp:
                 "method": request.method, "path": request.path, "query": request.query,
                 "headers": request.headers, "time": time.time()}]
             return await self._get_connection(parts[2], request)
+        if parts[:1] == ["_endpoints"] and len(parts) == 2 and request.method in ("GET", "HEAD"):
+            status = self.fleet.endpoint_status(parts[1])  # a probe sends no token
+            return Response(status, b"ok\n" if status == 200 else b"unavailable\n")
         if parts[:1] == ["_sim"]:
             try:
                 return self._control(request.method, parts[1:], request.body)
@@ -98,6 +103,12 @@ class SimulatorApp:
             head = (f"HTTP/1.1 {fault.status} X\r\nContent-Type: {fault.content_type}\r\n"
                     f"Content-Length: {len(body) + 1000}\r\n\r\n").encode()
             return Response(raw=head + body)
+        if fault.chunked:  # no Content-Length: the client cannot know the size in advance
+            head = (f"HTTP/1.1 {fault.status} X\r\nContent-Type: {fault.content_type}\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n").encode()
+            chunks = b"".join(f"{len(body[i:i + 8192]):x}\r\n".encode() + body[i:i + 8192]
+                              + b"\r\n" for i in range(0, len(body), 8192))
+            return Response(raw=head + chunks + b"0\r\n\r\n")
         return Response(fault.status, body, fault.content_type, list(fault.headers.items()))
 
     def _control(self, method: str, parts: list[str], body: bytes) -> Response:
@@ -142,6 +153,10 @@ class SimulatorApp:
                 connection.pinned.add(payload["id"])
         elif len(rest) == 2 and rest[0] == "databases":
             return self._database(connection, rest[1], method, payload)
+        elif len(rest) == 3 and rest[::2] == ["databases", "endpoint"] and method == "PUT":
+            # {"answering": false}: the database's endpoint stops answering (503).
+            (self.fleet.silent.discard if payload["answering"] else self.fleet.silent.add)(
+                rest[1].lower())
         else:
             return _error(404, "not_found", "no such control route")
         return _json(200, {})
@@ -194,6 +209,8 @@ async def _main(args: argparse.Namespace, token: str) -> None:
     shown = host or "127.0.0.1"
     scheme = "https" if context else "http"
     url = f"{scheme}://{'[' + shown + ']' if ':' in shown else shown}:{bound[1]}/v1"
+    if args.serve_endpoints:
+        fleet.serve_endpoints(args.endpoint_base_url or url.removesuffix("/v1"))
     if args.write_config:
         args.write_config.write_text(yaml.safe_dump(exporter_config(url, fleet), sort_keys=False))
     log.info("simulator listening", extra={"url": url, "connections": args.connections,
@@ -239,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                              "attention (failed, degraded, cap_exceeded or in transition, "
                              "with a lastError where failed or unhealthy) and every other one "
                              "running with health ok; add --static to keep it so")
+    parser.add_argument("--serve-endpoints", action="store_true",
+                        help="answer each running database's endpointUrl itself, at "
+                             "/_endpoints/<database id> (200, or 503 once told to stop)")
+    parser.add_argument("--endpoint-base-url", metavar="URL",
+                        help="the simulator's URL as probers reach it, for those endpointUrls "
+                             "(default: the URL it listens on)")
     parser.add_argument("--token-file", type=Path,
                         help=f"the accepted token (default: ${SIMULATOR_TOKEN_ENV} or "
                              f"{DEFAULT_TOKEN!r})")
