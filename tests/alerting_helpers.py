@@ -93,12 +93,13 @@ class PrometheusServer:
     """Debian's prometheus scraping some targets as job "reflexdb", every second.
 
     ``keep`` is a regular expression of metric names: the scrape keeps only those (a
-    metric_relabel_configs keep), which spares memory on a large fleet.
+    metric_relabel_configs keep), which spares memory on a large fleet. ``jobs`` are more
+    scrape configs, as a user's prometheus.yml would list them.
     """
 
     def __init__(self, tmp: Path, targets: list[str], rule_files: Iterable[Path] = (),
                  alertmanager: str | None = None, interval: str = "1s", *,
-                 keep: str | None = None) -> None:
+                 keep: str | None = None, jobs: Iterable[dict[str, Any]] = ()) -> None:
         self.dir = tmp / f"prometheus-{free_port()}"
         self.dir.mkdir()
         job: dict[str, Any] = {"job_name": JOB, "static_configs": [{"targets": targets}]}
@@ -109,7 +110,7 @@ class PrometheusServer:
             "global": {"scrape_interval": interval, "scrape_timeout": interval,
                        "evaluation_interval": interval},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [job],
+            "scrape_configs": [job, *jobs],
         }
         if alertmanager:
             config["alerting"] = {"alertmanagers": [
