@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Exporter, Scrape, Simulator
+from tests.oracle_models import parse_pause_schedule
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +33,21 @@ def _state_set(scrape: Scrape, name: str, label: str, states: list[str], current
                *, ids: dict[str, str]) -> None:
     got = {labels[label]: value for labels, value in scrape.series(name, **ids)}
     assert got == {s: float(s == current) for s in states}, (name, ids)
+
+
+def _pause_window(scrape: Scrape, db: dict[str, Any], ids: dict[str, str]) -> None:
+    """pause_window_active is what the schedule says at the poll (now, or a minute ago at
+    most): 0 without a schedule, absent when the schedule cannot be read."""
+    value = scrape.value("reflexdb_database_pause_window_active", **ids)
+    schedule = parse_pause_schedule(db["pauseSchedule"])
+    if schedule is None:
+        assert value == 0, (db["pauseSchedule"], value)
+        return
+    now, before = schedule.active(time.time()), schedule.active(time.time() - 60)
+    if now is None:
+        assert value is None, (db["pauseSchedule"], value)
+    else:
+        assert value in {float(now), float(bool(before))}, (db["pauseSchedule"], value)
 
 
 @pytest.fixture
@@ -119,7 +135,7 @@ def test_database_series_match_the_api(simulator: Simulator, scrape: Scrape) -> 
                 db["updatedAt"])
             assert scrape.value("reflexdb_database_pause_schedule_configured", **ids) == float(
                 db["pauseSchedule"] is not None)
-            assert scrape.value("reflexdb_database_pause_window_active", **ids) in (0.0, 1.0)
+            _pause_window(scrape, db, ids)
             tags = {(labels["tag"], labels["color"]) for labels, value in
                     scrape.series("reflexdb_database_tag_info", **ids) if value == 1}
             assert tags == {(t["label"], t["color"]) for t in db["tags"]}
@@ -191,3 +207,26 @@ def test_pause_window_follows_the_schedule(simulator: Simulator, exporter: Expor
     for db in (first, second, third):
         assert result.value("reflexdb_database_pause_schedule_configured",
                             **_db_labels(connection_id, db)) == 1
+
+
+def test_last_error_present_follows_the_record(simulator: Simulator, exporter: Exporter,
+                                              scrape: Scrape) -> None:
+    """A database with lastError text shows last_error_present 1, the others 0; clearing the
+    text brings it back to 0, and the text itself goes to the debug log only."""
+    connection_id = simulator.connection_ids[0]
+    target, other = simulator.databases(connection_id)[:2]
+    ids, other_ids = _db_labels(connection_id, target), _db_labels(connection_id, other)
+    text = "task exited: OutOfMemoryError (exit 137) marker-5a1d"
+    assert scrape.value("reflexdb_database_last_error_present", **ids) == 0
+    simulator.patch_database(connection_id, target["id"], lastError=text)
+    failing = exporter.wait_for(lambda s: s.value(
+        "reflexdb_database_last_error_present", **ids) == 1, what="last_error_present 1")
+    assert failing.value("reflexdb_database_last_error_present", **other_ids) == float(
+        other["lastError"] is not None)
+    assert text not in failing.text  # a free text is never a label value
+    logged = [line for line in exporter.logs().splitlines() if "marker-5a1d" in line]
+    assert logged, exporter.logs()[-2000:]
+    assert all("level=debug" in line for line in logged), logged
+    simulator.patch_database(connection_id, target["id"], lastError=None)
+    exporter.wait_for(lambda s: s.value("reflexdb_database_last_error_present", **ids) == 0,
+                      what="last_error_present back to 0")
