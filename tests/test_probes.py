@@ -109,6 +109,10 @@ def probing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probing]:
         cid = simulator.connection_ids[0]
         odd = next(db["id"] for db in simulator.databases(cid) if db["status"] == "running")
         simulator.patch_database(cid, odd, name=ODD_NAME, tags=ODD_TAGS)
+        # A paused database keeps its endpointUrl: ?status=running must leave it out.
+        paused = next(db["id"] for db in simulator.databases(cid) if db["id"] != odd)
+        simulator.patch_database(cid, paused, status="paused", healthStatus=None,
+                                 endpointUrl="https://paused.db.reflexdb.cloud")
         config = exporter_config(simulator)
         config["api"]["ca_file"] = str(certs.ca)
         exporter = Exporter(tmp, config, token)
@@ -132,8 +136,9 @@ def probing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probing]:
 
 
 def test_targets_are_exactly_the_running_endpoints_with_their_labels(probing: Probing) -> None:
-    """Prometheus' probing targets are the running databases' endpoints, each labelled with
-    its connection_id, database_id and database_name, odd characters included."""
+    """Prometheus' probing targets are the running databases' endpoints (not a paused one's),
+    each labelled with its connection_id, database_id and database_name, odd characters
+    included."""
     running = probing.running()
     wait_until(lambda: probing.targets().keys() == running.keys(), 30, "the SD targets")
     for database_id, target in probing.targets().items():
