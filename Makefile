@@ -25,16 +25,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-run
 	$(BIN)/reflexdb-exporter --demo $(ARGS)
 
-# promtool, prometheus and alertmanager for the tests come from Debian's packages; curl is a
-# real client the tests use, openssl makes their throwaway certificates, chromium loads the
-# landing page as a browser does.
+# promtool, prometheus, alertmanager and blackbox_exporter for the tests come from Debian's
+# packages; curl is a real client the tests use, openssl makes their throwaway certificates,
+# chromium loads the landing page as a browser does.
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-		|| ! command -v curl >/dev/null || ! command -v openssl >/dev/null \
-		|| ! command -v chromium >/dev/null; then \
-		echo "installing Debian's prometheus, prometheus-alertmanager, curl, openssl, chromium"; \
-		$(APT) update -q && $(APT) install -y -q --no-install-recommends \
-			prometheus prometheus-alertmanager curl openssl chromium; \
+		|| ! command -v prometheus-blackbox-exporter >/dev/null || ! command -v curl >/dev/null \
+		|| ! command -v openssl >/dev/null || ! command -v chromium >/dev/null; then \
+		echo "installing Debian's prometheus, alertmanager, blackbox-exporter, curl, openssl, chromium"; \
+		$(APT) update -q && $(APT) install -y -q --no-install-recommends prometheus \
+			prometheus-alertmanager prometheus-blackbox-exporter curl openssl chromium; \
 	fi
 
 lint: $(VENV)/.installed-test
