@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Exporter, Simulator, exporter_config
+from tests.conftest import Exporter, Simulator, exporter_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -23,11 +24,17 @@ def test_token_only_in_the_authorization_header(
         {"id": simulator.connection_ids[0]},
         {"id": simulator.connection_ids[1], "token_file": str(other)},
         {"id": simulator.connection_ids[2]}])
-    simulator.fault(simulator.connection_ids[2], status=500, body=f"echo {token}")
+    # An API that echoes the token in its {error, message} body: the client puts that text
+    # in the failure's detail, which the "poll failed" line logs, so redaction must run.
+    simulator.fault(simulator.connection_ids[2], status=500, body=json.dumps(
+        {"error": "internal", "message": f"token {token} hit a bug"}))
     exporter = start_exporter(config)
     exporter.wait_for(lambda s: (s.value("reflexdb_connection_poll_failures_total",
                                          connection_id=simulator.connection_ids[1].lower(),
-                                         reason="unauthorized") or 0) >= 2)
+                                         reason="unauthorized") or 0) >= 2
+                      and (s.value("reflexdb_connection_poll_failures_total",
+                                   connection_id=simulator.connection_ids[2].lower(),
+                                   reason="server_error") or 0) >= 1)
     requests = simulator.requests()
     assert requests
     for request in requests:
@@ -43,7 +50,45 @@ def test_token_only_in_the_authorization_header(
     for secret in (token, "tok-other-account-secret"):
         assert all(secret not in page for page in pages)
         assert secret not in exporter.logs()
-    assert "poll failed" in exporter.logs()
+    # The redacted text did reach the log: the paths above ran.
+    echoed = [line for line in exporter.logs().splitlines()
+              if "poll failed" in line and "hit a bug" in line]
+    assert echoed, exporter.logs()[-3000:]
+    assert all("token <redacted> hit a bug" in line for line in echoed), echoed
+
+
+def _quoting_last_error(simulator: Simulator, start_exporter: Callable[..., Exporter],
+                        token: str) -> Exporter:
+    """An exporter polling a database whose lastError quotes the token, once it shows it."""
+    connection_id = simulator.connection_ids[0]
+    first_db = simulator.databases(connection_id)[0]["id"]
+    simulator.patch_database(connection_id, first_db, lastError=f"auth with {token} failed")
+    exporter = start_exporter(exporter_config(simulator))
+    exporter.wait_for(lambda s: s.value(
+        "reflexdb_database_last_error_present", connection_id=connection_id.lower(),
+        database_id=first_db.lower(), database_name=simulator.databases(connection_id)[0][
+            "name"]) == 1, what="the lastError seen")
+    return exporter
+
+
+def test_a_last_error_quoting_the_token_is_redacted_in_the_log(
+        simulator: Simulator, start_exporter: Callable[..., Exporter], token: str) -> None:
+    """lastError text goes to the debug log with the token replaced by <redacted>."""
+    exporter = _quoting_last_error(simulator, start_exporter, token)
+    wait_until(lambda: "auth with <redacted> failed" in exporter.logs(), timeout=10,
+               what="the lastError in the debug log")
+    assert token not in exporter.logs()
+
+
+@pytest.mark.xfail(strict=True, reason="exporter/page.py shows lastError text unredacted: "
+                   "a token the API quotes there is shown on the landing page")
+def test_a_last_error_quoting_the_token_is_not_shown_on_the_page(
+        simulator: Simulator, start_exporter: Callable[..., Exporter], token: str) -> None:
+    """The landing page shows lastError text, but never the token inside it."""
+    exporter = _quoting_last_error(simulator, start_exporter, token)
+    page = exporter.http.get("/").text
+    assert "auth with" in page
+    assert token not in page
 
 
 def test_missing_token_is_a_clear_startup_error(
