@@ -15,7 +15,7 @@ from tests.alerting_helpers import run_tool
 from tests.conftest import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SERVICES = {"simulator", "exporter", "prometheus", "alertmanager", "grafana"}
+SERVICES = {"simulator", "exporter", "prometheus", "alertmanager", "grafana", "blackbox"}
 
 
 def compose() -> dict[str, Any]:
@@ -167,7 +167,43 @@ def test_grafana_mounts_provisioning_and_dashboards_where_the_provider_looks() -
 
 @pytest.mark.parametrize("name", sorted(SERVICES - {"simulator", "exporter"}))
 def test_third_party_images_are_pinned(name: str) -> None:
-    """Prometheus, Alertmanager and Grafana images name an exact version, never latest."""
+    """Prometheus, Alertmanager, blackbox_exporter and Grafana images name an exact version,
+    never latest."""
     image = service(name)["image"]
     assert ":" in image
     assert not image.endswith(":latest")
+
+
+def test_blackbox_probes_the_simulated_endpoints_with_the_shipped_job() -> None:
+    """blackbox_exporter loads examples/blackbox/blackbox.yml (which its own checker accepts),
+    the simulator answers the endpoints under the name blackbox reaches it by, and the
+    stack's probing job is the example's with only its module and addresses changed."""
+    mounts = bind_mounts("blackbox")
+    config = flags(service("blackbox")["command"])["--config.file"]
+    assert mounts[config] == ROOT / "examples" / "blackbox" / "blackbox.yml"
+    checked = run_tool("prometheus-blackbox-exporter", "--config.check",
+                       f"--config.file={mounts[config]}")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    modules = yaml.safe_load(mounts[config].read_text(encoding="utf-8"))["modules"]
+    args = flags(service("simulator")["command"])
+    assert "--serve-endpoints" in args
+    assert args["--endpoint-base-url"] == "http://simulator:10511"
+    stack = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text("utf-8"))
+    job = next(j for j in stack["scrape_configs"] if j["job_name"] == "reflexdb-endpoints")
+    example, = yaml.safe_load((ROOT / "examples" / "blackbox" / "prometheus.yml").read_text(
+        "utf-8"))["scrape_configs"]
+    module, = job["params"]["module"]
+    assert module in modules
+    assert not modules[module]["http"].get("fail_if_not_ssl"), "the simulator speaks HTTP"
+    assert job["http_sd_configs"][0]["url"] == "http://exporter:10510/sd/databases?status=running"
+
+    def addressless(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rules if r.get("target_label") != "__address__"]
+
+    assert addressless(job["relabel_configs"]) == addressless(example["relabel_configs"])
+    address = next(r for r in job["relabel_configs"] if r.get("target_label") == "__address__")
+    assert address["replacement"] == "blackbox:9115"
+    assert {k: v for k, v in job.items() if k not in ("params", "http_sd_configs",
+                                                      "relabel_configs")} == {
+        k: v for k, v in example.items() if k not in ("params", "http_sd_configs",
+                                                      "relabel_configs")}
