@@ -78,7 +78,6 @@ def test_database_alerts_page_through_alertmanager_and_resolve(
         start_prometheus: Callable[[list[str]], PrometheusServer], sink: WebhookSink) -> None:
     """A cap_exceeded and a failed database each reach the webhook with their identity and
     names, nothing else fires for the healthy fleet, and both resolve after recovery."""
-    started = time.monotonic()
     exporter = start_exporter(exporter_config(simulator))
     prometheus = start_prometheus([exporter.url.removeprefix("http://")])
     wait_until(lambda: prometheus.query('up{job="reflexdb"} == 1'), timeout=20,
@@ -128,8 +127,9 @@ def test_database_alerts_page_through_alertmanager_and_resolve(
     assert set(resolved) == set(expected)
     assert {key(alert) for _, alert in sink.alerts()} == set(expected), \
         "an alert other than the two expected reached Alertmanager's receivers"
+    # Each wait above has its own bound; no cap on their sum, which a loaded machine may
+    # need in full.
     wait_until(lambda: prometheus.alerts() == [], what="Prometheus to drop the alerts")
-    assert time.monotonic() - started < 60
 
 
 def am_alert(alertname: str, severity: str, instance: str = "exporter-a:10510",
