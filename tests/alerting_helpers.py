@@ -1,7 +1,9 @@
-"""Debian's prometheus and prometheus-alertmanager on loopback, and a webhook that records."""
+"""Debian's prometheus, prometheus-alertmanager and prometheus-blackbox-exporter on loopback,
+and a webhook that records."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -28,6 +30,8 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 DASHBOARD_FILES = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 RUNBOOK_URL = "https://github.com/reflexdb/reflexdb-exporter/blob/main/docs/runbook.md"
 JOB = "reflexdb"
+BLACKBOX_DIR = ROOT / "examples" / "blackbox"
+PROBE_JOB = "reflexdb-endpoints"
 
 
 def tool(name: str) -> str:
@@ -163,6 +167,43 @@ class PrometheusServer:
     def close(self) -> None:
         """Stop the process."""
         self.http.close()
+        self.process.stop()
+
+
+def probe_job(sd_url: str, blackbox: str, module: str | None = None) -> dict[str, Any]:
+    """examples/blackbox/prometheus.yml's job with the two addresses it says to replace
+    (and another of the example's modules if asked), discovering and probing every second."""
+    job, = copy.deepcopy(yaml.safe_load((BLACKBOX_DIR / "prometheus.yml").read_text(
+        encoding="utf-8"))["scrape_configs"])
+    job["http_sd_configs"][0].update(url=sd_url, refresh_interval="1s")
+    job.update(scrape_interval="1s", scrape_timeout="1s")
+    if module is not None:
+        job["params"]["module"] = [module]
+    for rule in job["relabel_configs"]:
+        if rule.get("target_label") == "__address__":
+            rule["replacement"] = blackbox
+    return dict(job)
+
+
+class BlackboxServer:
+    """Debian's prometheus-blackbox-exporter with the given config file."""
+
+    def __init__(self, tmp: Path, config: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process = Process(
+            [tool("prometheus-blackbox-exporter"), f"--config.file={config}",
+             f"--web.listen-address={self.address}"],
+            tmp / f"blackbox-{self.port}.log", dict(os.environ))
+        try:
+            wait_until(lambda: httpx.get(f"http://{self.address}/-/healthy",
+                                         timeout=2).status_code == 200, 20, "blackbox_exporter")
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def close(self) -> None:
+        """Stop the process."""
         self.process.stop()
 
 

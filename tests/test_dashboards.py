@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -18,17 +19,22 @@ from exporter.fleet import Fleet
 from exporter.metrics import ALL_METRICS
 from exporter.models import HEALTH_STATUSES, STATUSES
 from tests.alerting_helpers import (
+    BLACKBOX_DIR,
     DASHBOARD_FILES,
     RECORDING_FILE,
+    BlackboxServer,
     PrometheusServer,
+    probe_job,
     recording_rules,
 )
 from tests.conftest import ROOT, Exporter, Simulator, exporter_config, free_port, wait_until
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 EXPECTED_UIDS = {"reflexdb-overview", "reflexdb-database", "reflexdb-exporter"}
-# Metrics the dashboards may read besides the exporter's own contract.
+# Metrics the dashboards may read besides the exporter's own contract (blackbox_exporter's
+# probe results among them, from the probing job of examples/blackbox/).
 OTHER_METRICS = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
+                 "probe_success", "probe_duration_seconds",
                  "process_cpu_seconds_total", "process_resident_memory_bytes",
                  "process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
                  "process_start_time_seconds"}
@@ -238,7 +244,8 @@ def test_queries_read_only_known_metrics(name: str) -> None:
         recorded = set(re.findall(RECORDED_NAME, expr))
         assert recorded <= RECORDED, f"{title}: not in rules.yml: {recorded - RECORDED}"
         raw = re.sub(RECORDED_NAME, "", expr)
-        names = set(re.findall(r"\b(?:reflexdb|process|scrape)_[a-z_]+\b|\bup(?=\{)", raw))
+        names = set(re.findall(r"\b(?:reflexdb|process|scrape|probe)_[a-z_]+\b|\bup(?=\{)",
+                               raw))
         assert names or recorded, f"{title}: no metric found in {expr}"
         assert names <= contract, f"{title}: {names - contract}"
 
@@ -434,8 +441,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     the recording rules loaded, and a second scrape target that is down."""
     tmp = tmp_path_factory.mktemp("dashboards")
     token = "tok-" + secrets.token_hex(16)
-    simulator = Simulator(tmp, token)
-    exporter = prometheus = None
+    # The simulator answers the databases' endpoints, which blackbox_exporter probes.
+    simulator = Simulator(tmp, token, extra_args=["--serve-endpoints"])
+    exporter = prometheus = blackbox = None
     try:
         connection_id = simulator.connection_ids[0]
         record = next(db for db in simulator.databases(connection_id)
@@ -448,10 +456,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         config = exporter_config(simulator)
         config["api"]["requests_per_second"] = 50  # so the API budget panel has a limit
         exporter = Exporter(tmp, config, token)
+        # Every database with an endpoint is probed, the failed one too (which keeps the
+        # endpointUrl it had running, and fails its probe), over the demo's plain-HTTP module.
+        blackbox = BlackboxServer(tmp, BLACKBOX_DIR / "blackbox.yml")
+        probes = probe_job(f"{exporter.url}/sd/databases", blackbox.address,
+                           module="reflexdb_http_demo")
         # Nothing listens on the second target: the exporter dashboard shows one of two down.
         prometheus = PrometheusServer(
             tmp, [exporter.url.removeprefix("http://"), f"127.0.0.1:{free_port()}"],
-            rule_files=[RECORDING_FILE])
+            rule_files=[RECORDING_FILE], jobs=[probes])
         wait_until(lambda: prometheus.query("reflexdb_connection_up == 1"), timeout=20,
                    what="Prometheus to scrape the exporter")
         wait_until(lambda: prometheus.query(
@@ -463,11 +476,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_until(lambda: prometheus.query(
             "rate(reflexdb_connection_poll_failures_total[1m]) > 0"), timeout=20,
             what="a failed poll to show in Prometheus")
+        wait_until(lambda: prometheus.query(
+            f'probe_success{{database_id="{record["id"].lower()}"}}'), timeout=20,
+            what="the failed database's endpoint to be probed")
         yield Stack(simulator, exporter, prometheus, connection_id.lower(),
                     record["id"].lower(), record["region"])
     finally:
         if prometheus:
             prometheus.close()
+        if blackbox:
+            blackbox.close()
         if exporter:
             exporter.close()
         simulator.close()
@@ -647,6 +665,8 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus = PrometheusServer(tmp, [exporter.url.removeprefix("http://")],
                                       rule_files=[RECORDING_FILE], interval="5s",
                                       keep="|".join(sorted(families)))
+        # A raw query over 10,000 databases takes seconds, many on a loaded 2-core machine.
+        prometheus.http.timeout = httpx.Timeout(120)
         total = BIG_CONNECTIONS * BIG_DATABASES
 
         def counted() -> bool:

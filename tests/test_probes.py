@@ -4,33 +4,35 @@ endpoints with the shipped module, and ReflexDBDatabaseEndpointDown fires and re
 
 from __future__ import annotations
 
-import copy
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-from tests.alerting_helpers import PrometheusServer, write_rules_with_for
+from tests.alerting_helpers import (
+    PROBE_JOB,
+    BlackboxServer,
+    PrometheusServer,
+    probe_job,
+    write_rules_with_for,
+)
 from tests.certs import make_certs
 from tests.conftest import (
     ROOT,
     Exporter,
-    Process,
     Simulator,
     exporter_config,
-    free_port,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = ROOT / "examples" / "blackbox"
-JOB = "reflexdb-endpoints"
+JOB = PROBE_JOB
 ALERT = "ReflexDBDatabaseEndpointDown"
 ODD_NAME = 'we"ird, ünïcode\\name'
 ODD_TAGS = [{"label": "a,b", "color": "red"}, {"label": 'q"uote', "color": "blue"}]
@@ -80,20 +82,6 @@ def _blackbox_config(tmp: Path, ca: Path) -> Path:
     return path
 
 
-def _probe_job(exporter: Exporter, blackbox: str) -> dict[str, Any]:
-    """The shipped job, with the two addresses it says to replace and a 1 s refresh."""
-    job, = copy.deepcopy(yaml.safe_load((EXAMPLES / "prometheus.yml").read_text(
-        encoding="utf-8"))["scrape_configs"])
-    sd, = job["http_sd_configs"]
-    assert sd["url"].endswith("/sd/databases?status=running")
-    sd.update(url=f"{exporter.url}/sd/databases?status=running", refresh_interval="1s")
-    job.update(scrape_interval="1s", scrape_timeout="1s")
-    for rule in job["relabel_configs"]:
-        if rule.get("target_label") == "__address__":
-            rule["replacement"] = blackbox
-    return dict(job)
-
-
 @pytest.fixture(scope="module")
 def probing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probing]:
     """Everything running, with a database that has odd text in its name and tags."""
@@ -117,22 +105,19 @@ def probing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probing]:
         config["api"]["ca_file"] = str(certs.ca)
         exporter = Exporter(tmp, config, token)
         started.append(exporter)
-        port = free_port()
-        blackbox = Process(["prometheus-blackbox-exporter",
-                            f"--config.file={_blackbox_config(tmp, certs.ca)}",
-                            f"--web.listen-address=127.0.0.1:{port}"],
-                           tmp / "blackbox.log", {})
+        blackbox = BlackboxServer(tmp, _blackbox_config(tmp, certs.ca))
         started.append(blackbox)
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/-/healthy",
-                                     timeout=2).status_code == 200, 20, "blackbox_exporter")
         rules = write_rules_with_for(tmp / "alerts.yml", "2s", {})
+        sd = f"{exporter.url}/sd/databases?status=running"
+        assert yaml.safe_load((EXAMPLES / "prometheus.yml").read_text(encoding="utf-8"))[
+            "scrape_configs"][0]["http_sd_configs"][0]["url"].endswith(sd.split("/", 3)[3])
         prometheus = PrometheusServer(tmp, [exporter.url.removeprefix("http://")], [rules],
-                                      jobs=[_probe_job(exporter, f"127.0.0.1:{port}")])
+                                      jobs=[probe_job(sd, blackbox.address)])
         started.append(prometheus)
         yield Probing(simulator, exporter, prometheus)
     finally:
         for thing in reversed(started):
-            (thing.stop if isinstance(thing, Process) else thing.close)()
+            thing.close()
 
 
 def test_targets_are_exactly_the_running_endpoints_with_their_labels(probing: Probing) -> None:
