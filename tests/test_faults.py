@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -152,18 +153,42 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("99999999", now) == 3600
 
 
-@pytest.mark.parametrize("declared", [True, False])
+@pytest.mark.parametrize("form", ["content-length", "chunked"])
 def test_oversized_answer_is_refused(simulator: Simulator,
                                      start_exporter: Callable[..., Exporter],
-                                     declared: bool) -> None:
-    """An answer over max_response_size fails as invalid_response, with or without a length."""
+                                     form: str) -> None:
+    """An answer over max_response_size fails as invalid_response: refused by its declared
+    length, or, sent chunked with no length, stopped while streaming; a chunked answer under
+    the cap is read as usual."""
     exporter = start_exporter(exporter_config(simulator, api={
         "url": simulator.config["api"]["url"], "timeout": "2s", "max_response_size": "4KiB"}))
     connection_id = simulator.connection_ids[0]
-    big = '{"databases": [], "pad": "' + "x" * 20000 + '"}'
-    simulator.fault(connection_id, status=200, body=big, truncate=not declared)
+    ids = {"connection_id": connection_id.lower()}
+    exporter.wait_for(lambda s: s.value("reflexdb_connection_up", **ids) == 1)
+    big = '{"databases": [], "pad": "' + "x" * 20000 + '"}'  # valid JSON, were it read
+    simulator.fault(connection_id, status=200, body=big, chunked=form == "chunked")
     exporter.wait_for(lambda s: _counter(s, "reflexdb_connection_poll_failures_total",
                                          connection_id, reason="invalid_response") >= 1)
+    detail = ("answer is over the size cap" if form == "chunked"
+              else f"answer of {len(big)} bytes is over the size cap")
+    assert detail in exporter.logs()
+    if form == "chunked":
+        small = json.dumps({**simulator.fleet()[connection_id.lower()], "databases": []})
+        assert len(small) < 4096
+        simulator.fault(connection_id, status=200, body=small, chunked=True)
+        exporter.wait_for(lambda s: s.value("reflexdb_connection_up", **ids) == 1
+                          and s.value("reflexdb_connection_databases", **ids) == 0,
+                          what="a small chunked answer read")
+
+
+def test_an_answer_cut_short_is_invalid(simulator: Simulator, exporter: Exporter) -> None:
+    """An answer that ends before its Content-Length fails as invalid_response, unretried."""
+    connection_id = simulator.connection_ids[0]
+    simulator.fault(connection_id, status=200, body='{"databases": []}', truncate=True)
+    scrape = exporter.wait_for(lambda s: _counter(s, "reflexdb_connection_poll_failures_total",
+                                                  connection_id, reason="invalid_response") >= 2)
+    assert _counter(scrape, "reflexdb_connection_poll_retries_total", connection_id) == 0
+    assert "answer was cut short" in exporter.logs()
 
 
 def test_rotated_token_file_is_picked_up_without_restart(
