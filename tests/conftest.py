@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import resource
 import secrets
@@ -23,11 +25,49 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports free_port() picks from: below Linux's ephemeral range (32768-60999 by default), so
+# the kernel never hands one to another process's bind to port 0 or outgoing connection
+# between our check and the child's bind, which is the race a port from bind(("", 0)) has.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that is free now and that the kernel will not hand out meanwhile, for
+    a process that cannot report the port it bound (the exporter and simulator fixtures bind
+    port 0 and read theirs back instead)."""
+    low, high = _PORT_RANGE
+    for _ in range(1000):
+        port = low + secrets.randbelow(high - low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise AssertionError("no free loopback port found")
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` is listening on, read from /proc."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -135,20 +175,35 @@ class Simulator:
                  seed: int = 11, static: bool = True, tick: str = "1s",
                  extra_args: list[str] | None = None) -> None:
         self.token = token
-        self.port = free_port()
         self.config_path = tmp / "sim-config.yaml"
+        # Port 0: the simulator binds a free port itself and writes it into the config.
         args = [sys.executable, "-m", "exporter.simulator",
-                "--web.listen-address", f"127.0.0.1:{self.port}",
+                "--web.listen-address", "127.0.0.1:0",
                 "--connections", str(connections), "--databases", str(databases),
                 "--seed", str(seed), "--tick", tick, "--write-config", str(self.config_path)]
         if static:
             args.append("--static")
         args.extend(extra_args or [])
+        self.config_path.unlink(missing_ok=True)
         self.process = Process(args, tmp / "simulator.log", _env(REFLEXDB_SIMULATOR_TOKEN=token))
-        wait_until(self.config_path.exists, what="the simulator to listen")
-        self.config: dict[str, Any] = yaml.safe_load(self.config_path.read_text())
+        self.config: dict[str, Any] = wait_until(self._written_config, timeout=30,
+                                                 what="the simulator to listen")
         self.url = self.config["api"]["url"].removesuffix("/v1")
+        self.port = int(httpx.URL(self.url).port or 0)
         self.http = httpx.Client(base_url=self.url, timeout=10, verify=False)  # noqa: S501 - our own test server's control API
+
+    def _written_config(self) -> dict[str, Any] | None:
+        """The exporter config the simulator wrote once listening, when whole."""
+        assert self.process.proc.poll() is None, self.process.logs()[-2000:]
+        if not self.config_path.exists():
+            return None
+        try:
+            config = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError:
+            return None  # still being written
+        if isinstance(config, dict) and "connections" in config:
+            return config
+        return None
 
     @property
     def connection_ids(self) -> list[str]:
@@ -200,19 +255,49 @@ class Exporter:
     def __init__(self, tmp: Path, config: dict[str, Any], token: str | None,
                  extra_args: list[str] | None = None, wait_ready: bool = True, *,
                  nofile: tuple[int, int] | None = None) -> None:
-        self.port = free_port()
-        self.config_path = tmp / f"exporter-{self.port}.yaml"
+        number = next(_exporters)
+        self.config_path = tmp / f"exporter-{number}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
+        # Port 0: the exporter binds a free port itself; ``port`` reads it back from /proc.
         args = [sys.executable, "-m", "exporter", "--config.file", str(self.config_path),
-                "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug",
+                "--web.listen-address", "127.0.0.1:0", "--log.level", "debug",
                 *(extra_args or [])]
         env = _env(REFLEXDB_API_TOKEN=token) if token else _env()
-        self.process = Process(args, tmp / f"exporter-{self.port}.log", env, nofile)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.process = Process(args, tmp / f"exporter-{number}.log", env, nofile)
+        self._port: int | None = None
+        self._url: str | None = None
+        self._http: httpx.Client | None = None
         if wait_ready:
             wait_until(lambda: self.http.get("/-/ready").status_code == 200, timeout=20,
                        what="the exporter to be ready")
+
+    @property
+    def port(self) -> int:
+        """The port the exporter listens on, once it does."""
+        if self._port is None:
+            def bound() -> int | None:
+                assert self.process.proc.poll() is None, (
+                    "the exporter exited: " + self.logs()[-2000:])
+                ports = listening_ports(self.pid)
+                return min(ports) if ports else None
+            self._port = int(wait_until(bound, timeout=30, what="the exporter to listen"))
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The exporter's base URL: plain HTTP unless a test set another."""
+        return self._url or f"http://127.0.0.1:{self.port}"
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._url = value
+
+    @property
+    def http(self) -> httpx.Client:
+        """A plain HTTP client for the exporter."""
+        if self._http is None:
+            self._http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+        return self._http
 
     def scrape(self, path: str = "/metrics") -> Scrape:
         """GET the metrics and parse them."""
@@ -252,8 +337,12 @@ class Exporter:
 
     def close(self) -> int:
         """Stop the process; returns its exit code."""
-        self.http.close()
+        if self._http is not None:
+            self._http.close()
         return self.process.stop()
+
+
+_exporters = itertools.count(1)  # names each exporter's config and log apart
 
 
 @pytest.fixture
