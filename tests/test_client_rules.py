@@ -526,3 +526,163 @@ def test_tls_verification_choices(tmp_path: Path) -> None:
     assert isinstance(made, ssl.SSLContext)
     assert made.verify_mode == ssl.CERT_REQUIRED
     assert len(made.get_ca_certs()) == 1
+
+
+def test_failures_carry_their_detail() -> None:
+    """The detail names what went wrong: the error body, not JSON, or the wrong shape."""
+    script = Script(always(response(404, b'{"error": "not_found", "message": "gone"}')))
+    assert failure_of(script).detail == "HTTP 404: not_found: gone"
+    script = Script(always(response(200, b"<html>")))
+    assert failure_of(script).detail == "answer is not JSON"
+    script = Script(always(response(200, b"[1]")))
+    assert failure_of(script).detail == "answer is not a JSON object"
+    script = Script(always(response(200, b'{"id": "x"}')))
+    assert failure_of(script).detail == "answer has no databases list"
+
+
+def test_a_poll_failure_reads_as_reason_and_detail() -> None:
+    """str() of a failure is "reason: detail"; it starts with no retries and no wait."""
+    failure = PollFailure("timeout", "no complete answer within 2s")
+    assert str(failure) == "timeout: no complete answer within 2s"
+    assert (failure.retries, failure.waited, failure.retry_after, failure.status) == (
+        0, 0.0, None, None)
+
+
+def test_a_429_with_an_http_date_is_honoured() -> None:
+    """Retry-After as an HTTP date on a 429 is read against the current time."""
+    header = formatdate(time.time() + 120, usegmt=True)
+    script = Script(always(response(429, b"{}", headers={"Retry-After": header})))
+    failure = failure_of(script)
+    assert failure.retry_after is not None
+    assert 110 < failure.retry_after <= 120
+
+
+def test_a_declared_oversize_keeps_its_status() -> None:
+    """A refused oversized answer still says which status it came with."""
+    script = Script(always(response(500, b" " * 5000)))
+    failure = failure_of(script, max_bytes=4096)
+    assert (failure.reason, failure.status) == ("invalid_response", 500)
+
+
+def test_an_error_body_of_exactly_4097_bytes_is_not_parsed() -> None:
+    """Only the first 4096 bytes of an error body are read for its detail."""
+    body = b'{"error": "x", "pad": "' + b"p" * (4097 - 25) + b'"}'
+    assert len(body) == 4097
+    assert client._error_detail(500, body) == "HTTP 500"
+
+
+def test_redirects_are_not_followed() -> None:
+    """A 302 to a good answer on the same server is an invalid_response: the bearer token is
+    never sent after a redirect."""
+    async def reply(number: int) -> bytes:
+        if number == 0:
+            return response(302, b"", headers={"Location": f"/v1/connections/{CID}?again"})
+        return response()
+    script = Script(reply)
+    failure = failure_of(script)
+    assert (failure.reason, failure.status) == ("invalid_response", 302)
+    assert len(script.requests) == 1
+
+
+def test_different_answers_have_different_digests() -> None:
+    """The digest is of the body: a changed answer is parsed even after an unchanged one."""
+    other = json.dumps({"id": CID, "databases": [], "name": "renamed"}).encode()
+
+    async def reply(number: int) -> bytes:
+        return response(200, GOOD if number == 0 else other)
+    script = Script(reply)
+
+    async def twice(api: ApiClient, cid: str) -> object:
+        first = await api.get_connection(cid, "tok")
+        return first, await api.get_connection(cid, "tok", previous=first.digest)
+    first, second = run(script, twice)  # type: ignore[misc]
+    assert first.digest != second.digest
+    assert second.connection is not None
+    assert second.connection.name == "renamed"
+
+
+def test_the_default_is_two_retries() -> None:
+    """ApiClient retries twice unless told otherwise."""
+    script = Script(always(response(500, b"x")))
+
+    async def main(port: int) -> int:
+        api = ApiClient(f"http://127.0.0.1:{port}/v1", 2.0, 2)
+        try:
+            with pytest.raises(PollFailure) as caught:
+                await api.get_connection(CID, "tok")
+            return caught.value.retries
+        finally:
+            await api.close()
+
+    async def serve() -> int:
+        server = await asyncio.start_server(script.serve, "127.0.0.1", 0)
+        try:
+            return await main(server.sockets[0].getsockname()[1])
+        finally:
+            server.close()
+            await script.shut()
+            await server.wait_closed()
+    assert asyncio.run(serve()) == 2
+    assert len(script.requests) == 3
+
+
+def test_time_waiting_for_a_slot_is_not_the_apis_time() -> None:
+    """With one slot and two polls at once, the second reports the time it waited for the
+    slot as waited; the budget records each answer's own duration, not the clock."""
+    script = Script(always(response(), delay=0.3))
+    budget = Budget(None, 4, 0.1)
+
+    async def both(api: ApiClient, cid: str) -> object:
+        return await asyncio.gather(api.get_connection(cid, "tok", budget=budget),
+                                    api.get_connection(cid, "tok", budget=budget))
+    first, second = run(script, both, max_connections=1)  # type: ignore[misc]
+    waits = sorted([first.waited, second.waited])
+    assert waits[0] < 0.15
+    assert 0.2 < waits[1] < 2.0
+    assert 0.4 < budget.duration_sum < 3.0
+    assert budget.codes == {"200": 2}
+
+
+def test_time_waiting_for_the_budget_is_counted_as_waited() -> None:
+    """A request held back by the token's rate reports that wait in ``waited``."""
+    script = Script(always(response()))
+    budget = Budget(2.0, 1, 0.1)  # one request every half second, no burst
+
+    async def three(api: ApiClient, cid: str) -> object:
+        return [await api.get_connection(cid, "tok", budget=budget) for _ in range(3)]
+    answers = run(script, three)
+    waited = [a.waited for a in answers]  # type: ignore[attr-defined]
+    assert waited[0] < 0.2
+    assert 0.3 < waited[1] < 1.5
+    assert 0.3 < waited[2] < 1.5
+    assert budget.waited == pytest.approx(sum(waited), abs=0.1)
+
+
+def test_tls_is_verified_by_default(tmp_path: Path) -> None:
+    """Against an HTTPS server with a private CA, the default client refuses the
+    certificate (connect_error naming verification); given the CA, it reads the answer."""
+    certs = make_certs(tmp_path / "pki")
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(str(certs.server_cert), str(certs.server_key))
+    script = Script(always(response()))
+
+    async def main() -> tuple[PollFailure, object]:
+        server = await asyncio.start_server(script.serve, "127.0.0.1", 0, ssl=served)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        default = ApiClient(url, 5.0, 2, retries=0)
+        trusting = ApiClient(url, 5.0, 2, retries=0,
+                             verify=tls_verification(certs.ca, insecure=False))
+        try:
+            with pytest.raises(PollFailure) as caught:
+                await default.get_connection(CID, "tok")
+            return caught.value, await trusting.get_connection(CID, "tok")
+        finally:
+            await default.close()
+            await trusting.close()
+            server.close()
+            await script.shut()
+            await server.wait_closed()
+    refused, answer = asyncio.run(main())
+    assert refused.reason == "connect_error"
+    assert refused.detail.startswith("TLS verification of 127.0.0.1:"), refused.detail
+    assert isinstance(answer, client.Answer)
