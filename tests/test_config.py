@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, parse_config, parse_duration
+from exporter.config import (
+    ConfigError,
+    _path,
+    canonical_uuid,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
 from tests.conftest import ROOT
 
 GOOD_ID = "2489E9AD-2EE2-8E00-8EC9-32D5F69181C0"
@@ -130,3 +138,138 @@ def test_example_config_is_valid_and_complete() -> None:
     for model in (ApiConfig, Config, ConnectionConfig):
         for key in model.model_fields:
             assert f"{key}:" in text, key
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("512KiB", 512 * 1024), ("32MiB", 32 * 1024**2), ("1GiB", 1024**3), ("2KB", 2000),
+    ("3MB", 3 * 1000**2), ("1GB", 1000**3), ("2048B", 2048), (" 4096 ", 4096), ("1 KiB", 1024),
+    (1024, 1024), (4096, 4096),
+])
+def test_sizes_parse(text: object, size: int) -> None:
+    """Sizes accept B, KB, MB, GB, KiB, MiB, GiB and plain numbers of bytes."""
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (True, "not a size"), ("big", "not a size (use 512KiB"), ("1TB", "not a size"),
+    ("1.5MiB", "not a size"), (1.5, "not a size"), (None, "not a size"),
+    (1023, "must be at least 1KiB"), ("1000B", "must be at least 1KiB"),
+    ("0", "must be at least 1KiB"),
+])
+def test_bad_sizes_are_refused(text: object, message: str) -> None:
+    """Anything but a size of at least 1 KiB is refused, saying which."""
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        parse_size(text)
+
+
+def test_duration_messages_say_which_rule() -> None:
+    """A non-duration and a non-positive one get different words."""
+    with pytest.raises(ValueError, match=r"^not a duration \(use 500ms"):
+        parse_duration("soon")
+    with pytest.raises(ValueError, match=r"^not a duration$"):
+        parse_duration(False)
+    with pytest.raises(ValueError, match=r"^must be a positive duration$"):
+        parse_duration("0s")
+    with pytest.raises(ValueError, match=r"^must be a positive duration$"):
+        parse_duration(float("nan"))
+    assert parse_duration("1.25m") == 75
+    assert parse_duration("250ms") == 0.25
+
+
+@pytest.mark.parametrize("text", [GOOD_ID, GOOD_ID.lower(), f" {GOOD_ID} ",
+                                  "{" + GOOD_ID + "}", GOOD_ID.replace("-", "")])
+def test_connection_ids_become_canonical(text: str) -> None:
+    """Any spelling of a UUID becomes lowercase canonical text."""
+    assert canonical_uuid(text) == GOOD_ID.lower()
+
+
+@pytest.mark.parametrize("value", ["nope", "", 5, None, GOOD_ID + "0"])
+def test_bad_connection_ids_are_refused(value: object) -> None:
+    """Anything else is "not a UUID", without the value."""
+    with pytest.raises(ValueError, match=r"^not a UUID$"):
+        canonical_uuid(value)
+
+
+@pytest.mark.parametrize(("loc", "path"), [
+    ((), "(top level)"), (("api", "url"), "api.url"), (("connections", 2, "id"),
+                                                       "connections[2].id"),
+    (("a-b", "c_d"), "a-b.c_d"), (("odd key",), '["odd key"]'),
+    (("api", "x.y"), 'api["x.y"]'), (("1abc",), '["1abc"]'), ((0,), "[0]"),
+    (("api", "function-after[x]", "url"), "api.url"),
+    (("connections", "constrained-str", 1), "connections[1]"),
+    (("clé",), '["clé"]'), ((True,), "True"),
+])
+def test_error_paths_are_written_as_in_the_file(loc: tuple[int | str, ...], path: str) -> None:
+    """Locations become dotted keys and [index]; odd keys are quoted as JSON."""
+    assert _path(loc) == path
+
+
+def test_duplicate_keys_are_named_at_any_depth() -> None:
+    """A key given twice in one mapping is named by its path, in lists too; merge keys
+    (<<) and the same key in different mappings are fine."""
+    text = f"""
+api:
+  url: http://a
+  url: http://b
+connections:
+  - id: {GOOD_ID}
+    token_file: /a
+    token_file: /b
+  - id: {GOOD_ID.lower()}
+poll_interval: 1m
+poll_interval: 2m
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.problems == ["api.url: duplicate key",
+                                     "connections[0].token_file: duplicate key",
+                                     "poll_interval: duplicate key"]
+    merged = f"""
+base: &base {{id: {GOOD_ID}}}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(merged + "connections:\n  - <<: *base\n    <<: *base\n")
+    assert caught.value.problems == ["base: unknown key"]
+    config = parse_config(f"connections:\n  - id: {GOOD_ID}\n  - id: "
+                          "0b7d4c2e-9a51-4f7e-8c1e-3f5a6b7c8d90\n")
+    assert len(config.connections) == 2
+
+
+def test_odd_yaml_keys_are_named_not_crashed_on() -> None:
+    """A non-string key, a nested odd key and an empty document each give a clear line."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"connections:\n  - id: {GOOD_ID}\n1: x\n")
+    assert caught.value.problems == ["[1]: Keys should be strings"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config("")
+    assert caught.value.problems == ["connections: required key is missing"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config("api:\n  url: [unclosed\n")
+    problem = caught.value.problems[0]
+    assert re.match(r"^line \d+, column \d+: ", problem), problem
+
+
+def test_config_error_lists_its_problems() -> None:
+    """ConfigError keeps the list and reads as one line per problem."""
+    error = ConfigError(["a: x", "b: y"])
+    assert error.problems == ["a: x", "b: y"]
+    assert str(error) == "a: x\nb: y"
+
+
+def test_values_are_never_echoed_in_problems() -> None:
+    """A wrong-typed value is described, not repeated: it may be a secret."""
+    secret = "tok-" + "s" * 20
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"api:\n  max_concurrency: {secret}\nconnections:\n  - id: {GOOD_ID}\n")
+    assert secret not in str(caught.value)
+    assert caught.value.problems[0].startswith("api.max_concurrency: ")
+
+
+def test_model_level_problems_keep_their_own_paths() -> None:
+    """Duplicates found by the whole-config check are split into one line each."""
+    third = "0b7d4c2e-9a51-4f7e-8c1e-3f5a6b7c8d90"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"connections:\n  - id: {GOOD_ID}\n  - id: {GOOD_ID.lower()}\n"
+                     f"  - id: {third}\n  - id: {third.upper()}\n")
+    assert caught.value.problems == ["connections[1].id: duplicate of connections[0]",
+                                     "connections[3].id: duplicate of connections[2]"]
