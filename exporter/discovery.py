@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from exporter.logs import SECRETS
 from exporter.models import Database
 from exporter.store import Store
 
@@ -91,8 +92,10 @@ class Discovery:
             self._generation, self._answers = self.store.data_generation, {}
         body = self._answers.get(filters)
         if body is None:
-            body = json.dumps(list(_groups(self.store, filters)), ensure_ascii=False,
-                              separators=(",", ":")).encode("utf-8", "replace")
+            text = json.dumps(list(_groups(self.store, filters)), ensure_ascii=False,
+                              separators=(",", ":"))
+            # A name or tag quoting a token must not hand it to whoever reads the list.
+            body = SECRETS.redact(text).encode("utf-8", "replace")
             if len(self._answers) < _CACHED:
                 self._answers[filters] = body
         return body

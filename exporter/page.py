@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from exporter import __version__
+from exporter.logs import SECRETS
 from exporter.models import Database
 from exporter.store import Store
 
@@ -205,4 +206,5 @@ here comes from the latest background poll of each connection, not from the API 
 page reloads itself every {every} s.</p>
 </body></html>
 """
-    return page.encode("utf-8", "replace")
+    # The API's texts (lastError above all) could quote a token: none reaches the page.
+    return SECRETS.redact(page).encode("utf-8", "replace")

@@ -80,8 +80,6 @@ def test_a_last_error_quoting_the_token_is_redacted_in_the_log(
     assert token not in exporter.logs()
 
 
-@pytest.mark.xfail(strict=True, reason="exporter/page.py shows lastError text unredacted: "
-                   "a token the API quotes there is shown on the landing page")
 def test_a_last_error_quoting_the_token_is_not_shown_on_the_page(
         simulator: Simulator, start_exporter: Callable[..., Exporter], token: str) -> None:
     """The landing page shows lastError text, but never the token inside it."""
