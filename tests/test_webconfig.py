@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from exporter import webconfig
+from exporter.exchange import Request, Response
+from exporter.priority import Gate
 from tests.certs import Certs, make_certs
 from tests.conftest import ROOT, Exporter, Simulator, exporter_config, wait_until
 
@@ -161,7 +163,7 @@ def test_missing_certificate_is_a_clear_error(tmp_path: Path) -> None:
 def test_unknown_users_cost_one_bcrypt_check_of_the_same_cost(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An unknown user is checked against a hash of the known users' cost; a hit is cached."""
-    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(11)).decode()
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(5)).decode()  # cheap, yet not the default
     auth = webconfig.BasicAuth({"alice": hashed})
     seen: list[bytes] = []
     real = bcrypt.checkpw
@@ -178,7 +180,7 @@ def test_unknown_users_cost_one_bcrypt_check_of_the_same_cost(
 
     assert not asyncio.run(auth.check(header("mallory", "pw")))
     assert len(seen) == 1
-    assert seen[0][:7] == hashed.encode()[:7]  # $2b$11$: the same algorithm and cost
+    assert seen[0][:7] == hashed.encode()[:7]  # $2b$05$: the same algorithm and cost
     assert not asyncio.run(auth.check(header("alice", "wrong")))
     assert asyncio.run(auth.check(header("alice", "pw")))
     assert asyncio.run(auth.check(header("alice", "pw")))
@@ -216,14 +218,14 @@ def test_basic_auth_over_plain_http_refuses_long_passwords_calmly(
 def test_decoy_hash_is_as_costly_as_the_costliest_user(monkeypatch: pytest.MonkeyPatch) -> None:
     """An unknown user is checked against a hash of the highest configured cost."""
     cheap = bcrypt.hashpw(b"a", bcrypt.gensalt(4)).decode()
-    dear = bcrypt.hashpw(b"b", bcrypt.gensalt(9)).decode()
+    dear = bcrypt.hashpw(b"b", bcrypt.gensalt(6)).decode()
     auth = webconfig.BasicAuth({"cheap": cheap, "dear": dear})
     seen: list[bytes] = []
     real = bcrypt.checkpw
     monkeypatch.setattr(webconfig.bcrypt, "checkpw",
                         lambda password, stored: seen.append(stored) or real(password, stored))
     assert not asyncio.run(auth.check(_basic("mallory", "b")))
-    assert seen[0].startswith(b"$2b$09$")
+    assert seen[0].startswith(b"$2b$06$")
 
 
 def test_bcrypt_checks_run_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,3 +255,152 @@ def test_bcrypt_checks_run_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> Non
     assert results.count(False) == webconfig.MAX_WAITING_CHECKS
     assert results.count(None) == 10
     assert asyncio.run(auth.check(_basic("alice", "pw"))) is True
+
+
+# --- protect() and the pieces of basic auth, as units -------------------------------------
+
+def _request(authorization: str | None = None) -> Request:
+    headers = {} if authorization is None else {"authorization": authorization}
+    return Request("GET", "/metrics", {}, headers)
+
+
+def _guarded(users: dict[str, str], headers: dict[str, str] | None = None,
+             gate: Gate | None = None) -> tuple[Callable[[Request], Any], list[Request]]:
+    seen: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request)
+        return Response(200, b"metrics", headers=[("X-Own", "1")])
+    web = webconfig.WebConfig.model_validate({
+        "basic_auth_users": users, "http_server_config": {"headers": headers or {}}})
+    return webconfig.protect(handler, web, gate), seen
+
+
+def test_protect_passes_good_logins_and_adds_the_headers() -> None:
+    """The right password reaches the handler; its answer gets the configured headers after
+    its own."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    guarded, seen = _guarded({"alice": hashed}, {"X-Frame-Options": "deny"})
+    response = asyncio.run(guarded(_request(_basic("alice", "pw"))))
+    assert response.status == 200
+    assert response.body == b"metrics"
+    assert response.headers == [("X-Own", "1"), ("X-Frame-Options", "deny")]
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic", "Bearer abc", "Basic !!!",
+                                    _basic("alice", "wrong"), _basic("bob", "pw"),
+                                    "Basic " + "YWxpY2U=",  # "alice" with no colon
+                                    _basic("alice", "x" * 73)])
+def test_protect_refuses_anything_else_with_401_basic(header: str | None) -> None:
+    """Missing, malformed, wrong or over-long credentials get 401 with the realm, the
+    configured headers, and never reach the handler."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    guarded, seen = _guarded({"alice": hashed}, {"X-Frame-Options": "deny"})
+    response = asyncio.run(guarded(_request(header)))
+    assert response.status == 401
+    assert response.body == b"Unauthorized\n"
+    assert response.headers == [("WWW-Authenticate", webconfig.REALM),
+                                ("X-Frame-Options", "deny")]
+    assert webconfig.REALM == 'Basic realm="reflexdb-exporter", charset="UTF-8"'
+    assert seen == []
+
+
+def test_protect_without_users_only_adds_headers() -> None:
+    """No basic_auth_users: every request reaches the handler."""
+    guarded, seen = _guarded({}, {"X-A": "b"})
+    response = asyncio.run(guarded(_request()))
+    assert (response.status, response.headers) == (200, [("X-Own", "1"), ("X-A", "b")])
+    assert len(seen) == 1
+
+
+def test_protect_answers_503_when_too_many_checks_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_WAITING_CHECKS a login gets 503 with Retry-After: 1 at once."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    guarded, _ = _guarded({"alice": hashed})
+    monkeypatch.setattr(webconfig, "MAX_WAITING_CHECKS", 0)
+    response = asyncio.run(guarded(_request(_basic("alice", "wrong"))))
+    assert response.status == 503
+    assert response.body == b"Too many logins being checked; try again.\n"
+    assert response.headers == [("Retry-After", "1")]
+
+
+def test_a_login_check_steps_aside_from_scrape_priority() -> None:
+    """While its bcrypt check runs, a request does not count as in flight for the gate."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    gate = Gate(patience=30)
+    counted: list[int] = []
+    real = webconfig.bcrypt.checkpw
+
+    def spy(password: bytes, stored: bytes) -> bool:
+        counted.append(gate.in_flight)
+        return bool(real(password, stored))
+    guarded, _ = _guarded({"alice": hashed}, gate=gate)
+
+    async def scenario() -> int:
+        with gate.serving():
+            await guarded(_request(_basic("alice", "pw")))
+            return gate.in_flight
+    original = webconfig.bcrypt.checkpw
+    webconfig.bcrypt.checkpw = spy
+    try:
+        after = asyncio.run(scenario())
+    finally:
+        webconfig.bcrypt.checkpw = original
+    assert counted == [0]
+    assert after == 1
+
+
+@pytest.mark.parametrize("value", ["$2b$04$" + "a" * 53, "$2a$10$" + "b" * 53,
+                                   "$2y$12$" + "c" * 53])
+def test_bcrypt_hashes_are_accepted(value: str) -> None:
+    """$2a$, $2b$ and $2y$ hashes of 60 characters are valid basic_auth_users values."""
+    assert webconfig._bcrypt_hash(value) == value
+
+
+@pytest.mark.parametrize("value", ["plain", "$2b$04$" + "a" * 52, "$2b$04$" + "a" * 54,
+                                   "$1$04$" + "a" * 54, "$2x$04$" + "a" * 53])
+def test_anything_else_is_not_a_bcrypt_hash(value: str) -> None:
+    """A password in clear, a wrong length or another scheme is refused."""
+    with pytest.raises(ValueError, match=r"^not a bcrypt hash$"):
+        webconfig._bcrypt_hash(value)
+
+
+def test_decode_reads_basic_credentials_only() -> None:
+    """The scheme is case-insensitive; the password may hold colons; bad base64 is None."""
+    import base64  # noqa: PLC0415
+    encoded = base64.b64encode(b"al:ice:pw").decode()
+    assert webconfig._decode(f"basic {encoded}") == ("al", b"ice:pw")
+    assert webconfig._decode(f"BASIC  {encoded} ") == ("al", b"ice:pw")
+    assert webconfig._decode(None) is None
+    assert webconfig._decode("Basic a") is None
+    assert webconfig._decode("Basic " + base64.b64encode(b"\xff:pw").decode()) is None
+
+
+def test_the_login_cache_is_bounded_and_keyed_by_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Good logins are cached up to AUTH_CACHE_SIZE, oldest out first; a cached login with
+    another password is checked again."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    users = {f"u{n}": hashed for n in range(4)}
+    monkeypatch.setattr(webconfig, "AUTH_CACHE_SIZE", 2)
+    auth = webconfig.BasicAuth(users)
+    checks: list[bytes] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw",
+                        lambda password, stored: checks.append(password) or real(password,
+                                                                                  stored))
+
+    def login(user: str, password: str = "pw") -> bool | None:  # noqa: S107 - test password
+        return asyncio.run(auth.check(_basic(user, password)))
+    assert login("u0")
+    assert login("u1")
+    assert login("u0")  # cached, and now the most recent
+    assert len(checks) == 2
+    assert login("u2")  # pushes out u1, the oldest
+    assert login("u0")
+    assert len(checks) == 3
+    assert login("u1")
+    assert len(checks) == 4
+    assert login("u0", "wrong") is False
+    assert len(checks) == 5
