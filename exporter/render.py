@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from exporter.logs import SECRETS
 from exporter.spec import MetricSpec
 
 # Label names are fixed in metrics.py; values come from the API and must be escaped.
@@ -20,8 +21,9 @@ _OM_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", '"': '\\"'})
 
 
 def escape_label_value(text: str) -> str:
-    """Escape backslash, double quote and newline, as both text formats require."""
-    return text.translate(_LABEL_ESCAPES)
+    """Escape backslash, double quote and newline, as both text formats require; a token the
+    API quotes in a text (a name, a tag) is redacted as in the logs."""
+    return SECRETS.redact(text).translate(_LABEL_ESCAPES)
 
 
 def format_value(number: float) -> str:
