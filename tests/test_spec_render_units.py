@@ -31,6 +31,13 @@ def test_a_missing_state_is_unknown_or_absent() -> None:
     assert list(without(None)) == []
 
 
+@pytest.fixture
+def unseen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No unlisted value seen yet in this process (a test run may repeat in one process)."""
+    monkeypatch.setattr(spec, "_unlisted_seen", set())
+
+
+@pytest.mark.usefixtures("unseen")
 def test_an_unlisted_state_is_exported_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     """A value outside the list is its own series at 1, the listed ones 0, logged once."""
     samples = state_set("reflexdb_test_unlisted", ("a", "b"), lambda o: o)
@@ -154,6 +161,7 @@ def test_the_real_process_metrics_parse() -> None:
     assert {"process_open_fds", "python_info"} <= names
 
 
+@pytest.mark.usefixtures("unseen")
 def test_unlisted_log_is_keyed_by_metric_and_value(caplog: pytest.LogCaptureFixture) -> None:
     """The same value in another family is logged again; another value too."""
     with caplog.at_level(logging.WARNING, logger="exporter.spec"):
