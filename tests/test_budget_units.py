@@ -189,3 +189,17 @@ def test_acquire_during_a_pause_waits_for_its_end() -> None:
     waited = asyncio.run(one())
     assert 0.25 < waited < 1.5
     assert time.monotonic() >= paused.paused_until
+
+
+def test_a_second_cut_still_recovers_to_the_configured_rate() -> None:
+    """Cut, partly recovered, cut again: recovery still climbs to api.requests_per_second,
+    not to the rate of the second cut."""
+    twice = Budget(10.0, 1, 0.1, clock=Clock())
+    twice.cut()
+    twice.recover()
+    twice.cut()
+    assert twice.limit is not None
+    assert twice.limit < 5.0
+    for _ in range(500):
+        twice.recover()
+    assert twice.limit == 10.0

@@ -175,3 +175,17 @@ def test_stale_and_unpolled_connections_list_nothing() -> None:
     store.failure(CID, "timeout", 0.1)
     store.expire(10**12)
     assert discovery.answer(Filters()) == b"[]"
+
+
+def test_a_connection_with_nothing_to_list_does_not_hide_the_next() -> None:
+    """An unpolled connection before a polled one: the polled one's targets are listed."""
+    store = Store([CID, OTHER], stale_after=300)
+    store.success(OTHER, parse_connection({"databases": [_db(1)]}), 0.1)
+    assert _targets(Discovery(store).answer(Filters())) == ["db1.example:3306"]
+
+
+def test_a_lone_surrogate_in_a_name_is_replaced_not_fatal() -> None:
+    """JSON may carry a lone surrogate; the answer's bytes replace it with ?."""
+    store = _store(_db(1, name="bad\ud800name"))
+    body = Discovery(store).answer(Filters())
+    assert b'"bad?name"' in body

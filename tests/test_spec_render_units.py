@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from exporter import metrics, render, spec
+from exporter.fields import Lenient
 from exporter.metrics import API_METRICS, DURATION_BUCKETS
-from exporter.models import InvalidResponse, read_connection
+from exporter.models import InvalidResponse, parse_pause_schedule, read_connection
 from exporter.render import sample_lines
 from exporter.spec import ApiView, info, info_labels, state_set, value
 from tests.conftest import parse_exposition
@@ -173,3 +175,33 @@ def test_unlisted_log_is_keyed_by_metric_and_value(caplog: pytest.LogCaptureFixt
             if getattr(r, "metric", "").startswith("reflexdb_test_")]
     assert seen == [("reflexdb_test_a", "v1"), ("reflexdb_test_b", "v1"), ("reflexdb_test_a",
                                                                          "v2")]
+
+
+@pytest.mark.parametrize("value", [None, "daily", 5, ["pauseAt"], True])
+def test_a_pause_schedule_that_is_no_object_is_none(value: object) -> None:
+    """parse_pause_schedule reads objects only; anything else is no schedule."""
+    assert parse_pause_schedule(value) is None
+
+
+def test_a_pause_schedule_object_is_read() -> None:
+    """An object becomes a schedule with its times and days."""
+    schedule = parse_pause_schedule({"pauseAt": "22:00", "resumeAt": "06:30", "days": [1, 1, 5]})
+    assert schedule is not None
+    assert (schedule.pause_minute, schedule.resume_minute, schedule.days) == (1320, 390, (1, 5))
+
+
+def test_lenient_fields_validate_strictly_first_and_repair_only_failures() -> None:
+    """A Lenient field keeps a value its strict schema accepts (even one the repair would
+    change) and hands only a failing value to the repair."""
+    repaired: list[object] = []
+
+    def repair(value: object) -> int:
+        repaired.append(value)
+        return -1
+    field = TypeAdapter(Annotated[int, Lenient(repair)])
+    assert field.validate_python(5) == 5
+    assert field.validate_python("7") == 7
+    assert repaired == []
+    assert field.validate_python("seven") == -1
+    assert field.validate_python(None) == -1
+    assert repaired == ["seven", None]
