@@ -203,3 +203,8 @@ def test_a_second_cut_still_recovers_to_the_configured_rate() -> None:
     for _ in range(500):
         twice.recover()
     assert twice.limit == 10.0
+
+
+def test_the_record_of_sent_requests_is_bounded() -> None:
+    """The measured rate keeps at most 100,000 send moments, so memory stays bounded."""
+    assert Budget(None, 1, 0.1)._sent.maxlen == 100_000

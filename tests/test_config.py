@@ -273,3 +273,22 @@ def test_model_level_problems_keep_their_own_paths() -> None:
                      f"  - id: {third}\n  - id: {third.upper()}\n")
     assert caught.value.problems == ["connections[1].id: duplicate of connections[0]",
                                      "connections[3].id: duplicate of connections[2]"]
+
+
+def test_yaml_syntax_errors_name_the_place_and_the_problem() -> None:
+    """A YAML error says where (line, column) and what PyYAML found; one with no place says
+    (yaml), and one with no description says invalid YAML."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config("connections: [\n")
+    assert caught.value.problems == ["line 2, column 1: expected the node content, but found "
+                                     "'<stream end>'"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config("a: 1\x07\n")  # a control character: PyYAML's reader names no place
+    assert caught.value.problems == ["(yaml): invalid YAML"]
+
+
+def test_a_connections_value_that_is_no_list_is_not_called_empty() -> None:
+    """Only an empty list is "at least one connection is required"."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config("connections: 5\n")
+    assert caught.value.problems == ["connections: Input should be a valid list"]

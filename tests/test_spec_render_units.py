@@ -205,3 +205,22 @@ def test_lenient_fields_validate_strictly_first_and_repair_only_failures() -> No
     assert field.validate_python("seven") == -1
     assert field.validate_python(None) == -1
     assert repaired == ["seven", None]
+
+
+def test_single_label_blocks_are_cached_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-label block (status="running") is rendered once and reused, up to the cache's
+    bound; blocks of more labels are not cached."""
+    monkeypatch.setattr(render, "_OWN_LABELS", {})
+    monkeypatch.setattr(render, "_OWN_LABELS_MAX", 2)
+    one = SimpleNamespace(name="m_one", labels=("status",))
+    two = SimpleNamespace(name="m_two", labels=("tag", "color"))
+    first = render._own_labels(one, ("running",))  # type: ignore[arg-type]
+    assert first == 'status="running"'
+    assert render._OWN_LABELS == {("m_one", "running"): 'status="running"'}
+    assert render._own_labels(one, ("running",)) is first  # type: ignore[arg-type]
+    assert render._own_labels(two, ("a", "b")) == 'tag="a",color="b"'  # type: ignore[arg-type]
+    assert len(render._OWN_LABELS) == 1
+    render._own_labels(one, ("failed",))  # type: ignore[arg-type]
+    render._own_labels(one, ("paused",))  # type: ignore[arg-type]
+    assert len(render._OWN_LABELS) == 2
+    assert ("m_one", "paused") not in render._OWN_LABELS

@@ -404,3 +404,51 @@ def test_the_login_cache_is_bounded_and_keyed_by_password(
     assert len(checks) == 4
     assert login("u0", "wrong") is False
     assert len(checks) == 5
+
+
+def test_a_password_of_exactly_72_bytes_is_checked() -> None:
+    """bcrypt's limit is 72 bytes: a password of exactly 72 still logs in."""
+    password = "p" * webconfig.BCRYPT_MAX_PASSWORD
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+    auth = webconfig.BasicAuth({"alice": hashed})
+    assert asyncio.run(auth.check(_basic("alice", password))) is True
+    assert asyncio.run(auth.check(_basic("alice", password + "p"))) is False
+
+
+def test_the_waiting_count_returns_to_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a check the waiting count is back where it was: with room for one waiting
+    check, checks one after another all run, and of two at once one is turned away."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    auth = webconfig.BasicAuth({"alice": hashed})
+    monkeypatch.setattr(webconfig, "MAX_WAITING_CHECKS", 1)
+    for attempt in range(3):
+        assert asyncio.run(auth.check(_basic("alice", f"wrong{attempt}"))) is False
+
+    async def pair() -> list[bool | None]:
+        return await asyncio.gather(auth.check(_basic("alice", "w1")),
+                                    auth.check(_basic("alice", "w2")))
+    assert sorted(asyncio.run(pair()), key=str) == [False, None]
+
+
+def test_the_decoy_cost_reads_two_digit_costs() -> None:
+    """A cost-10 user makes a cost-10 decoy (both digits of the cost are read)."""
+    dear = bcrypt.hashpw(b"b", bcrypt.gensalt(10)).decode()
+    auth = webconfig.BasicAuth({"dear": dear})
+    assert auth._decoy.startswith(b"$2b$10$")
+
+
+def test_decode_refuses_what_strict_base64_refuses() -> None:
+    """Junk inside the base64 is refused, not skipped; a user without a colon is None."""
+    assert webconfig._decode("Basic YWxpY2U6!cHc=") is None
+    assert webconfig._decode("Basic YWxpY2U6cHc=") == ("alice", b"pw")
+    assert webconfig._decode("Basic YWxpY2U=") is None
+
+
+def test_protect_hands_the_request_itself_to_the_handler() -> None:
+    """The handler gets the very request that was checked."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    guarded, seen = _guarded({"alice": hashed})
+    request = _request(_basic("alice", "pw"))
+    asyncio.run(guarded(request))
+    assert seen == [request]
+    assert seen[0] is request
