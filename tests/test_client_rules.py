@@ -375,6 +375,7 @@ def test_an_answer_cut_short_is_invalid() -> None:
     script = Script(always(raw))
     failure = failure_of(script)
     assert (failure.reason, failure.detail) == ("invalid_response", "answer was cut short")
+    assert failure.status == 200
     assert len(script.requests) == 1
 
 
@@ -686,3 +687,21 @@ def test_tls_is_verified_by_default(tmp_path: Path) -> None:
     assert refused.reason == "connect_error"
     assert refused.detail.startswith("TLS verification of 127.0.0.1:"), refused.detail
     assert isinstance(answer, client.Answer)
+
+
+def test_budget_waits_add_up_over_retries() -> None:
+    """Each attempt waits for the budget; the poll's waited is the sum over its attempts,
+    and each failed attempt's duration is its own, not the clock."""
+    async def reply(number: int) -> bytes:
+        return response(500, b"x") if number < 3 else response()
+    script = Script(reply)
+    budget = Budget(2.0, 1, 0.1)  # one request every half second
+
+    async def poll(api: ApiClient, cid: str) -> object:
+        await budget.acquire()  # the budget's first moment is spent: every attempt waits
+        return await api.get_connection(cid, "tok", budget=budget)
+    answer = run(script, poll, retries=3)
+    assert isinstance(answer, client.Answer)
+    assert answer.retries == 3
+    assert answer.waited > 1.2  # four attempts, each about half a second after the last
+    assert 0 < budget.duration_sum < 5

@@ -292,3 +292,10 @@ def test_a_connections_value_that_is_no_list_is_not_called_empty() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("connections: 5\n")
     assert caught.value.problems == ["connections: Input should be a valid list"]
+
+
+def test_a_duplicate_under_a_complex_key_is_named_by_its_own_key() -> None:
+    """A mapping under a non-string key does not put that key in the path."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config("? [a]\n: {x: 1, x: 2}\n")
+    assert caught.value.problems == ["x: duplicate key"]

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from exporter import metrics, spec
-from exporter.models import parse_connection, parse_pause_schedule
+from exporter import fields, metrics, spec
+from exporter.models import InvalidResponse, parse_connection, parse_pause_schedule
 
 
 def _at(day: int, hhmm: str) -> float:
@@ -130,3 +130,40 @@ def test_pause_windows_are_in_utc_whatever_the_local_zone() -> None:
     assert parsed is not None
     assert parsed.active(_at(3, "02:00")) is True
     assert parsed.active(_at(3, "12:00")) is False
+
+
+def test_desired_state_is_one_series_or_none() -> None:
+    """desiredState gives one sample of 1 labelled with it, none when missing."""
+    assert list(metrics._desired_state(_db(desiredState="running"))) == [(("running",), 1.0)]
+    assert list(metrics._desired_state(_db())) == []
+
+
+@pytest.mark.parametrize(("text", "minute"), [
+    ("00:00", 0), ("23:59", 1439), ("12:60", None), ("24:00", None), ("ab:10", None),
+    ("10:ab", None), ("1a:30", None), ("10:3b", None), (" 01:05 ", 65), ("0105", None),
+])
+def test_minutes_read_hh_mm_only(text: str, minute: int | None) -> None:
+    """HH:MM with hours 00-23 and minutes 00-59, digits on both sides; else None."""
+    assert fields.minutes(text) == minute
+
+
+def test_timestamps_without_a_zone_are_utc() -> None:
+    """A naive ISO time is read as UTC; one with an offset keeps it."""
+    assert fields.timestamp("2026-01-01T00:00:00") == 1767225600.0
+    assert fields.timestamp("2026-01-01T01:00:00+01:00") == 1767225600.0
+    assert fields.timestamp("2026-01-01T00:00:00Z") == 1767225600.0
+
+
+@pytest.mark.parametrize("payload", [[1], "x", 5, None])
+def test_a_decoded_answer_that_is_no_object_says_so(payload: object) -> None:
+    """parse_connection refuses anything but an object, saying it is not one."""
+    with pytest.raises(InvalidResponse) as caught:
+        parse_connection(payload)
+    assert str(caught.value) == "answer is not a JSON object"
+
+
+def test_a_decoded_answer_without_databases_says_so() -> None:
+    """An object without a databases list fails as such."""
+    with pytest.raises(InvalidResponse) as caught:
+        parse_connection({"databases": "many"})
+    assert str(caught.value) == "answer has no databases list"

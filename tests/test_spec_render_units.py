@@ -11,7 +11,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from exporter import metrics, render, spec
-from exporter.fields import Lenient
+from exporter.fields import Lenient, number
 from exporter.metrics import API_METRICS, DURATION_BUCKETS
 from exporter.models import InvalidResponse, parse_pause_schedule, read_connection
 from exporter.render import sample_lines
@@ -224,3 +224,29 @@ def test_single_label_blocks_are_cached_and_bounded(monkeypatch: pytest.MonkeyPa
     render._own_labels(one, ("paused",))  # type: ignore[arg-type]
     assert len(render._OWN_LABELS) == 2
     assert ("m_one", "paused") not in render._OWN_LABELS
+
+
+@pytest.mark.parametrize(("raw", "read"), [
+    (5, 5.0), (2.5, 2.5), (0, 0.0), (-3, -3.0), (True, None), ("5", None), (None, None),
+    (10**400, None), (float("inf"), None), (float("nan"), None), ([1], None),
+])
+def test_numbers_are_finite_floats_or_none(raw: object, read: float | None) -> None:
+    """fields.number keeps finite numbers as floats and reads anything else as None."""
+    if read is None:
+        assert number(raw) is None
+    else:
+        assert number(raw) == read
+
+
+def test_large_whole_numbers_switch_to_exponent_form_at_1e15() -> None:
+    """Whole numbers print without ".0" below 1e15; from 1e15 on, as Python's repr."""
+    assert render.format_value(999_999_999_999_999.0) == "999999999999999"
+    assert render.format_value(1e15) == repr(1e15) == "1000000000000000.0"
+    assert render.format_value(-1e15) == "-1000000000000000.0"
+
+
+def test_an_unlabelled_sample_has_no_braces() -> None:
+    """A family with no labels and no identity prints "name value", not "name{} value"."""
+    plain = SimpleNamespace(kind="gauge", name="m_plain", labels=(),
+                            samples=lambda obj: [((), 1.0), ((), 0.0), ((), 2.5)])
+    assert sample_lines(plain, "", None) == "m_plain 1\nm_plain 0\nm_plain 2.5\n"  # type: ignore[arg-type]
