@@ -55,18 +55,15 @@ class Filters:
 
 
 def _groups(store: Store, filters: Filters) -> Iterator[dict[str, object]]:
-    for cid, state in store.states.items():
-        rendered = store.rendered.get(cid)
-        if state.data is None or rendered is None or not rendered.serving_databases:
-            continue
-        for db in state.data.databases:
+    for cid, _, data in store.served():
+        for db in data.databases:
             if not db.endpoint_url or not filters.admits(db):
                 continue
             domain = f"{db.custom_domain}{CUSTOM_DOMAIN}" if db.custom_domain else ""
             tags = "," + ",".join(tag.label for tag in db.tags) + ","
             yield {"targets": [db.endpoint_url], "labels": {
                 f"{META}connection_id": cid,
-                f"{META}connection_name": state.data.name or "",
+                f"{META}connection_name": data.name or "",
                 f"{META}database_id": db.id,
                 f"{META}database_name": db.name or "",
                 f"{META}status": db.status or "",

@@ -98,14 +98,10 @@ class Summary:
 
 def _attention(store: Store, summary: Summary, now: float) -> Iterator[_Row]:
     """Count every served database into ``summary``; yield those needing attention."""
-    for cid, state in store.states.items():
-        if state.polled and not state.up:
-            summary.connections_down += 1
-        rendered = store.rendered.get(cid)
-        if state.data is None or rendered is None or not rendered.serving_databases:
-            continue  # stale data is off /metrics, and off this page
-        name = state.data.name or cid
-        for db in state.data.databases:
+    summary.connections_down = sum(s.polled and not s.up for s in store.states.values())
+    for cid, state, data in store.served():
+        name = data.name or cid
+        for db in data.databases:
             summary.databases += 1
             status, health = db.status, db.health_status
             summary.running += status == "running"

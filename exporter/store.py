@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from exporter import deflate
@@ -190,6 +190,14 @@ class Store:
         """Replace what the exporter-level metrics say."""
         self.exporter = view
         self.stable_generation += 1
+
+    def served(self) -> Iterator[tuple[str, ConnectionState, Connection]]:
+        """Each connection whose databases are on /metrics now, with its latest answer: what
+        the status page and service discovery list (stale data is off all three)."""
+        for cid, state in self.states.items():
+            rendered = self.rendered.get(cid)
+            if state.data is not None and rendered is not None and rendered.serving_databases:
+                yield cid, state, state.data
 
     @property
     def ready(self) -> bool:
