@@ -117,14 +117,74 @@ ADVERSARIAL_ATTACKS = ("stalled request bodies", "stalled readers", "idle connec
                        "idle TLS handshakes", "wrong-password flood")
 
 
+def _markdown_rows(markdown: str) -> dict[str, list[str]]:
+    """A Markdown table's body rows by their first cell, cells stripped."""
+    rows = {}
+    for line in markdown.splitlines():
+        if line.startswith("| ") and not line.startswith(("| metric |", "| --- |")):
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def _at_most(value: float, limit: float, printed_equal: bool) -> bool | None:
+    """``value <= limit``, or None where the printed figures round to the limit itself."""
+    return None if printed_equal else value <= limit
+
+
+def _adversarial_verdict(cells: list[str], failed_scrapes: bool) -> bool | None:
+    """What an adversarial row's own figures say its verdict must be (None: a rounding tie)."""
+    metric, ours, _baseline, ratio, target, _verdict = cells
+    if metric.endswith("every poll on time"):
+        assert ours in ("yes", "no"), cells
+        assert target == "yes", cells
+        return ours == "yes"
+    if metric.endswith("peak RSS over idle"):
+        growth = re.fullmatch(r"\+(-?[0-9.]+) MiB", ours)
+        limit = re.fullmatch(r"<= \+([0-9.]+) MiB", target)
+        assert growth, cells
+        assert limit, cells
+        return _at_most(float(growth[1]), float(limit[1]), growth[1] == limit[1])
+    bound = re.fullmatch(r"<= ([0-9.]+)x", target)
+    assert bound, cells
+    assert " over idle median" in metric, cells
+    if ratio == "n/a":
+        return False
+    found = re.fullmatch(r"([0-9.]+)x", ratio)
+    assert found, cells
+    within = _at_most(float(found[1]), float(bound[1]), float(found[1]) == float(bound[1]))
+    return None if within is None else within and not failed_scrapes
+
+
 def test_quick_adversarial_run_reports_every_attack(tmp_path: Path) -> None:
     """``python -m benchmarks.adversarial --quick`` exits 0 and gives each attack its three
-    rows (memory, scraper latency, polls) with a verdict, beside the no-attack window."""
+    rows (memory, scraper latency, polls) with the verdict their own figures call for."""
     output = tmp_path / "adversarial.md"
     stdout = _quick("benchmarks.adversarial", output)
     lines = stdout.splitlines()
+    markdown = output.read_text(encoding="utf-8")
+    table = _markdown_rows(markdown)
+    missed = []
     for attack in ADVERSARIAL_ATTACKS:
-        rows = [line for line in lines if attack in line and line.endswith((" yes", " NO"))]
-        assert len(rows) == 3, f"{attack!r}:\n{stdout}"
+        printed = [line for line in lines if attack in line and line.endswith((" yes", " NO"))]
+        assert len(printed) == 3, f"{attack!r}:\n{stdout}"
+        rows = [cells for metric, cells in table.items() if attack in metric]
+        assert len(rows) == 3, f"{attack!r}:\n{markdown}"
+        failed = any(line.startswith("- ") and attack in line.split(": ", 1)[0]
+                     and " failed scrapes, e.g. " in line for line in lines)
+        for cells in rows:
+            verdict = cells[-1]
+            assert verdict in ("yes", "**NO**"), cells
+            expected = _adversarial_verdict(cells, failed)
+            if expected is not None:  # a harness that said "yes" regardless would fail here
+                assert verdict == ("yes" if expected else "**NO**"), (cells, stdout)
+            if verdict != "yes":
+                missed.append(cells[0])
     assert any(line.startswith("no attack") for line in lines)
-    assert "| no attack" in output.read_text(encoding="utf-8")
+    assert any(metric.startswith("no attack") and cells[-1] == "-"
+               for metric, cells in table.items()), markdown
+    summary = [line for line in lines if "targets met" in line]
+    total = 3 * len(ADVERSARIAL_ATTACKS)
+    assert summary == ([f"All {total} targets met."] if not missed else
+                       [f"{total - len(missed)} of {total} targets met; MISSED: "
+                        + "; ".join(missed)]), (summary, missed)

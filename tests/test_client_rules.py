@@ -234,6 +234,34 @@ def test_a_slowly_dripping_answer_times_out_as_a_whole() -> None:
     assert len(script.requests) == 1
 
 
+def test_only_api_timeout_bounds_an_answer() -> None:
+    """No shorter timeout hides under api.timeout: a 5.5 s pause inside an answer (longer than
+    httpx's own 5 s default) is waited out when api.timeout is 9 s."""
+    async def unused(_: int) -> bytes | None:
+        raise AssertionError("replaced below")
+    script = Script(unused)
+    head, body = response().split(b"\r\n\r\n", 1)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        script.requests.append((time.monotonic(), b""))
+        writer.write(head + b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5.5)
+        writer.write(body)
+        await writer.drain()
+        writer.close()
+    script.handle = handle  # type: ignore[method-assign]
+
+    async def poll(api: ApiClient, cid: str) -> object:
+        return await api.get_connection(cid, "tok-secret")
+    answer = run(script, poll, timeout=9.0)
+    assert isinstance(answer, client.Answer)
+    assert answer.connection is not None
+    assert answer.connection.databases == ()
+    assert len(script.requests) == 1
+
+
 def test_connection_errors_are_retried() -> None:
     """A refused connection is connect_error, retried api.retries times, naming the host."""
     with socket.socket() as sock:
