@@ -349,6 +349,14 @@ def test_a_429_pauses_or_cuts_the_token_budget() -> None:
     assert cut.limit == 5.0
     assert cut.paused_until == 0.0
 
+    # A 503 with Retry-After holds back its own connection (tests/test_faults.py), not the
+    # token: the budget is neither paused nor cut.
+    unavailable = Budget(10.0, 1, 0.1)
+    script = Script(always(response(503, b"{}", headers={"Retry-After": "30"})))
+    run(script, asyncio.run(with_budget(unavailable)))
+    assert unavailable.limit == 10.0
+    assert unavailable.paused_until == 0.0
+
 
 def test_the_budget_counts_every_attempt_and_recovers_on_success() -> None:
     """Each attempt is counted by code (errors as "error"); a good answer lifts a cut."""

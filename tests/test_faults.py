@@ -115,9 +115,13 @@ def test_a_dns_failure_counts_as_connect_error(start_exporter: Callable[..., Exp
     assert "cannot resolve no-such-api.invalid" in exporter.logs()
 
 
-@pytest.mark.parametrize("form", ["seconds", "http-date"])
-def test_retry_after_is_honoured(simulator: Simulator, exporter: Exporter, form: str) -> None:
-    """After a 429 with Retry-After, no request for that connection goes out before it passes."""
+@pytest.mark.parametrize(("status", "reason", "form"), [
+    (429, "rate_limited", "seconds"), (429, "rate_limited", "http-date"),
+    (503, "server_error", "seconds")])
+def test_retry_after_is_honoured(simulator: Simulator, exporter: Exporter, status: int,
+                                 reason: str, form: str) -> None:
+    """After a 429 or 503 with Retry-After, no request for that connection goes out before it
+    passes, not even a retry."""
     connection_id = simulator.connection_ids[2]
     exporter.wait_for(lambda s: s.value("reflexdb_connection_up",
                                         connection_id=connection_id.lower()) == 1)
@@ -125,10 +129,10 @@ def test_retry_after_is_honoured(simulator: Simulator, exporter: Exporter, form:
     # An HTTP date has whole seconds: it names a moment at least ``wait`` seconds from now.
     until = float(int(time.time() + wait + 1))
     header = str(wait) if form == "seconds" else formatdate(until, usegmt=True)
-    simulator.fault(connection_id, status=429, body='{"error": "rate_limited"}',
+    simulator.fault(connection_id, status=status, body='{"error": "busy"}',
                     headers={"Retry-After": header}, remaining=1)
     exporter.wait_for(lambda s: _counter(s, "reflexdb_connection_poll_failures_total",
-                                         connection_id, reason="rate_limited") == 1)
+                                         connection_id, reason=reason) == 1)
     exporter.wait_for(lambda s: s.value("reflexdb_connection_up",
                                         connection_id=connection_id.lower()) == 1,
                       timeout=20, what="polling to resume after Retry-After")
