@@ -294,10 +294,22 @@ def test_a_dropped_connection_is_retried() -> None:
     assert len(script.requests) == 3
 
 
-def test_a_dns_failure_is_a_connect_error() -> None:
-    """A host name that does not resolve fails as connect_error, saying it cannot resolve."""
+def test_a_dns_failure_is_retried_api_retries_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host name that does not resolve is connect_error, saying it cannot resolve, and is
+    retried as one: 1 + api.retries attempts."""
+    monkeypatch.setattr(client, "RETRY_BASE_SECONDS", 0.01)
+    attempts: list[str] = []
+    attempt = ApiClient._attempt
+
+    async def counted(self: ApiClient, connection_id: str, token: str,
+                      previous: bytes | None) -> client.Answer:
+        attempts.append(connection_id)
+        return await attempt(self, connection_id, token, previous)
+
+    monkeypatch.setattr(ApiClient, "_attempt", counted)
+
     async def main() -> PollFailure:
-        api = ApiClient("http://no-such-host.invalid/v1", 5.0, 2, retries=0)
+        api = ApiClient("http://no-such-host.invalid/v1", 5.0, 2, retries=2)
         try:
             await api.get_connection(CID, "tok")
         except PollFailure as failure:
@@ -305,9 +317,12 @@ def test_a_dns_failure_is_a_connect_error() -> None:
         finally:
             await api.close()
         raise AssertionError("the poll succeeded")
+
     failure = asyncio.run(main())
     assert failure.reason == "connect_error"
     assert failure.detail.startswith("cannot resolve no-such-host.invalid")
+    assert failure.retries == 2
+    assert len(attempts) == 3
 
 
 @pytest.mark.parametrize("status", [429, 503])

@@ -1,6 +1,6 @@
 """README rules no other fast test pinned: the debug-only lastError, the 1 s scrape priority
-and the one gate it needs, bursts of max_concurrency, the listen address, DNS retries and the
-loud skip-verify warning."""
+and the one gate it needs, bursts of max_concurrency, the listen address and the loud
+skip-verify warning."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from exporter import cli, client, logs, memory, runtime
-from exporter.client import ApiClient, PollFailure
+from exporter import cli, logs, memory, runtime
+from exporter.client import ApiClient
 from exporter.config import Config
 from exporter.models import read_connection
 from exporter.poller import Poller
@@ -238,36 +238,6 @@ def test_a_bad_listen_address_flag_is_named(monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["--web.listen-address=127.0.0.1"]) == 1
     assert ("--web.listen-address: listen address '127.0.0.1' is not [HOST]:PORT"
             in capsys.readouterr().err)
-
-
-def test_a_dns_failure_is_retried_api_retries_times(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A name that does not resolve is connect_error after 1 + api.retries attempts."""
-    monkeypatch.setattr(client, "RETRY_BASE_SECONDS", 0.01)
-    attempts: list[str] = []
-    attempt = ApiClient._attempt
-
-    async def counted(self: ApiClient, connection_id: str, token: str,
-                      previous: bytes | None) -> Any:
-        attempts.append(connection_id)
-        return await attempt(self, connection_id, token, previous)
-
-    monkeypatch.setattr(ApiClient, "_attempt", counted)
-
-    async def main() -> PollFailure:
-        api = ApiClient(UNRESOLVABLE, 5.0, 2, retries=2)
-        try:
-            await api.get_connection(CID, "tok")
-        except PollFailure as failure:
-            return failure
-        finally:
-            await api.close()
-        raise AssertionError("the poll succeeded")
-
-    failure = asyncio.run(main())
-    assert failure.reason == "connect_error"
-    assert failure.detail.startswith("cannot resolve no-such-host.invalid")
-    assert failure.retries == 2
-    assert len(attempts) == 3
 
 
 def test_insecure_skip_verify_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
