@@ -197,9 +197,12 @@ def test_pause_window_follows_the_schedule(simulator: Simulator, exporter: Expor
     # The same active hours, but only on another day of the week.
     simulator.patch_database(connection_id, third["id"], pauseSchedule={
         "pauseAt": hhmm(minute - 10), "resumeAt": hhmm(minute + 10), "days": [(today + 3) % 7]})
+    # A poll may land between the patches: wait for one that has the last of them too.
     result = exporter.wait_for(
         lambda s: s.value("reflexdb_database_pause_window_active",
-                          **_db_labels(connection_id, first)) == 1, what="window active")
+                          **_db_labels(connection_id, first)) == 1
+        and s.value("reflexdb_database_pause_schedule_configured",
+                    **_db_labels(connection_id, third)) == 1, what="window active")
     assert result.value("reflexdb_database_pause_window_active",
                         **_db_labels(connection_id, second)) == 0
     assert result.value("reflexdb_database_pause_window_active",

@@ -73,7 +73,8 @@ def test_filters_select_by_status_and_health(simulator: Simulator, exporter: Exp
     simulator.patch_database(connection, second, status="running", healthStatus="degraded",
                              endpointUrl="https://degraded.example")
     fleet = simulator.fleet()
-    wait_until(lambda: first.lower() in listed(exporter, "?status=paused"), 15, "the patch")
+    # A poll may land between the two patches: wait for the list to hold both.
+    wait_until(lambda: listed(exporter) == expected(fleet), 15, "both patches")
     cases = {
         "?status=running": lambda db: db["status"] == "running",
         "?status=running&status=paused": lambda db: db["status"] in ("running", "paused"),
