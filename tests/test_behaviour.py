@@ -129,8 +129,12 @@ def test_awkward_names_round_trip_exactly(simulator: Simulator, exporter: Export
     simulator.control("PATCH", f"connections/{connection_id}", {"name": name})
     ids = {"connection_id": connection_id.lower(), "database_id": db["id"].lower(),
            "database_name": name}
+    # Two patches: a poll may land between them, so wait for the second one too.
     scrape = exporter.wait_for(lambda s: s.value("reflexdb_database_tag_info", **ids, tag=tag,
-                                                 color="red") == 1)
+                                                 color="red") == 1
+                               and bool(s.series("reflexdb_connection_info",
+                                                 connection_id=ids["connection_id"],
+                                                 connection_name=name)))
     info = scrape.series("reflexdb_connection_info", connection_id=ids["connection_id"])
     assert info[0][0]["connection_name"] == name
     assert 'database_name="say \\"hi\\"\\\\path\\nnext line' in scrape.text

@@ -94,11 +94,12 @@ def test_other_failures_are_never_retried(simulator: Simulator,
         what=f"three {reason} polls, then recovery")
     assert _counter(scrape, "reflexdb_connection_poll_retries_total", connection_id) == 0
     times = [float(str(r["time"])) for r in _requests_for(simulator, connection_id)]
-    # The three faulted requests and the first good one: a poll interval (0.5 s, up to 5 %
-    # early) apart at least, never the sub-second backoff of a retry burst.
+    # The three faulted requests and the first good one: about a poll interval apart (0.5 s,
+    # up to 5 % early, and a request sent late can be followed by one on time, so 0.35 s on
+    # a loaded machine), never a retry burst's few milliseconds.
     gaps = [later - earlier for earlier, later in itertools.pairwise(times[:4])]
     assert len(gaps) == 3
-    assert min(gaps) >= 0.45, gaps
+    assert min(gaps) >= 0.35, gaps
 
 
 def test_a_dns_failure_counts_as_connect_error(start_exporter: Callable[..., Exporter]) -> None:

@@ -65,8 +65,11 @@ def test_a_landed_change_shows_on_metrics_within_about_a_second(
     statuses = [s for s in ("failed", "paused", "stopped", "running") if s != db["status"]]
     lags = []
     for status in statuses:
+        # Taken before the patch: a request that reached the simulator just after the patch
+        # but before the clock was read would otherwise be missed (costing at most one poll
+        # interval of measured lag, well inside the bound).
+        patched_at = time.time()
         simulator.patch_database(connection_id, db["id"], status=status)
-        patched_at = time.time()  # every request logged from now on returned the patch
         seen_at = _first_scrape_showing(exporter, _shows_status(ids, status), timeout=10)
         answered = _requests_for(simulator, connection_id, patched_at)
         assert answered, "no API request returned the patched record"
@@ -82,9 +85,12 @@ def test_a_slow_connection_does_not_hold_up_another(
     other_id = other.lower()
     exporter = start_exporter(patient_config(simulator))  # 60 s timeout: the hang is held
     exporter.wait_for(lambda s: s.value("reflexdb_connection_up", connection_id=other_id) == 1)
+    # The request that hangs may reach the simulator while the fault call returns: look for
+    # it from just before the call.
+    faulting = time.time()
     simulator.fault(slow, status=200, body="{}", delay=30)
     faulted_at = time.time()  # every request of the slow connection from now on hangs
-    wait_until(lambda: _requests_for(simulator, slow, faulted_at), timeout=5,
+    wait_until(lambda: _requests_for(simulator, slow, faulting), timeout=5,
                what="a request of the slow connection to be in flight")
     time.sleep(0.2)  # the hanging request holds whatever it holds by now
     before = exporter.scrape()
@@ -101,7 +107,8 @@ def test_a_slow_connection_does_not_hold_up_another(
                         connection_id=other_id) or 0) >= success + 2
     assert after.value("reflexdb_connection_up", connection_id=other_id) == 1
     # The slow connection's request is still the one hanging: no other was sent for it.
-    assert len(_requests_for(simulator, slow, faulted_at)) == 1
+    assert len(_requests_for(simulator, slow, faulted_at)) <= 1
+    assert len(_requests_for(simulator, slow, faulting)) <= 2
 
 
 def test_a_changed_api_block_restarts_polling_of_every_connection(
